@@ -1,0 +1,136 @@
+"""Training, saving and loading a CloudCNN with its shared-layers payloads.
+
+A trained cloud model lives in one directory::
+
+  <dir>/build.json              arguments of models.build_cloud_cnn
+  <dir>/cloud.weights.h5        its weights
+  <dir>/shared_m{m}.bin         shared-layers payloads (Alg. 1, step 1)
+  <dir>/saved_model/cloud_cnn/1 SavedModel for TensorFlow Serving
+  <dir>/train_result.json       what training measured
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+
+import keras
+import numpy as np
+
+from edgecnn import data as data_lib
+from edgecnn import evaluate as eval_lib
+from edgecnn import export as export_lib
+from edgecnn import models
+from edgecnn import train as train_lib
+
+logger = logging.getLogger("edgecnn")
+WEIGHTS = "cloud.weights.h5"
+BUILD = "build.json"
+RESULT = "train_result.json"
+
+
+def cloud_dir(workdir: str | os.PathLike, dataset: str, preset: str,
+              seed: int) -> pathlib.Path:
+  """Conventional directory of a cloud model under a work directory."""
+  return pathlib.Path(workdir) / "cloud" / f"{dataset}-{preset}-seed{seed}"
+
+
+def payload_path(directory: str | os.PathLike, num_shared: int) -> pathlib.Path:
+  return pathlib.Path(directory) / f"shared_m{num_shared}.bin"
+
+
+def save_cloud(model: keras.Model, build_args: dict,
+               directory: str | os.PathLike,
+               shared: tuple[int, ...] = (3, 5, 10)) -> pathlib.Path:
+  """Saves weights, build arguments, payloads and a SavedModel."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  tmp = directory / (WEIGHTS + ".tmp.weights.h5")
+  model.save_weights(tmp)
+  os.replace(tmp, directory / WEIGHTS)
+  (directory / BUILD).write_text(json.dumps(build_args, indent=2,
+                                            sort_keys=True) + "\n")
+  for m in shared:
+    payload_path(directory, m).write_bytes(models.export_shared_layers(model, m))
+  export_lib.export_saved_model(model, directory / "saved_model", "cloud_cnn",
+                                1, overwrite=True)
+  return directory
+
+
+def load_cloud(directory: str | os.PathLike) -> keras.Model:
+  """Rebuilds a saved CloudCNN from its build arguments and weights."""
+  directory = pathlib.Path(directory)
+  missing = [n for n in (BUILD, WEIGHTS) if not (directory / n).is_file()]
+  if missing:
+    raise FileNotFoundError(f"{directory} holds no saved CloudCNN (missing "
+                            f"{missing}); train one with "
+                            "experiments/train_cloud.py.")
+  build_args = json.loads((directory / BUILD).read_text())
+  model = models.build_cloud_cnn(**build_args)
+  model.load_weights(directory / WEIGHTS)
+  return model
+
+
+def is_trained(directory: str | os.PathLike) -> bool:
+  d = pathlib.Path(directory)
+  return all((d / n).is_file() for n in (BUILD, WEIGHTS, RESULT))
+
+
+def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
+                preset: str, seed: int, directory: str | os.PathLike,
+                num_images: int | None = None,
+                kernel_initializer: str = "he_normal",
+                strategy=None, tensorboard_dir: str | None = None,
+                shared: tuple[int, ...] = (3, 5, 10)
+                ) -> tuple[keras.Model, train_lib.TrainResult]:
+  """Trains CloudCNN on the 9:1 split of the training set and saves it.
+
+  Args:
+    dataset: the dataset.
+    config: the training schedule.
+    preset: "paper" or "compact".
+    seed: seed of the split, initialisation and shuffling.
+    directory: where the model and its payloads are saved.
+    num_images: train on a seeded subset (for quick runs); None for all.
+    kernel_initializer: see models.build_cloud_cnn.
+    strategy: an optional tf.distribute strategy.
+    tensorboard_dir: optional TensorBoard log directory.
+    shared: the m values whose payloads are written.
+
+  Returns:
+    (model, TrainResult).
+  """
+  info = dataset.info
+  crop = config.crop_size or info.default_crop
+  build_args = {"input_shape": [crop, crop, info.image_shape[2]],
+                "num_classes": info.num_classes, "preset": preset,
+                "kernel_initializer": kernel_initializer, "seed": seed}
+  split = data_lib.subset_split(len(dataset.x_train), num_images, seed=seed)
+  keras.utils.set_random_seed(seed)
+  scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+  with scope:
+    model = models.build_cloud_cnn(**build_args)
+  result = train_lib.train_and_evaluate(
+      model, dataset, split, config, seed=seed, strategy=strategy,
+      tensorboard_dir=tensorboard_dir, label=f"cloud_cnn[{info.name}]")
+  save_cloud(model, build_args, directory, shared)
+  summary = dataclasses.asdict(result)
+  summary["dataset_source"] = dataset.source
+  summary["num_train"] = int(len(split.train))
+  summary["num_val"] = int(len(split.val))
+  (pathlib.Path(directory) / RESULT).write_text(
+      json.dumps(summary, indent=2, default=float) + "\n")
+  return model, result
+
+
+def cloud_labels(model: keras.Model, images: np.ndarray, *, flip: bool,
+                 mode: str = "ten_crop") -> tuple[np.ndarray, np.ndarray]:
+  """CloudCNN's labels and probabilities for images (Alg. 2, step 2)."""
+  crop = model.input_shape[1]
+  probs = eval_lib.predict_probs(model, images, crop_size=crop, mode=mode,
+                                 flip=flip)
+  return probs.argmax(axis=-1).astype(np.int64), probs

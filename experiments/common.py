@@ -1,0 +1,114 @@
+"""Flags and helpers shared by the experiment binaries.
+
+Flags are defined here once and read only in the binaries' ``main``; the
+library in edgecnn/ never sees them (STYLE: libraries never read flags).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sys
+
+from absl import flags
+
+from edgecnn import data as data_lib
+from edgecnn import evaluate as eval_lib
+from edgecnn import models
+from edgecnn import results
+from edgecnn import train as train_lib
+
+DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", sorted(data_lib.DATASETS),
+                            "Dataset to use.")
+DATA_DIR = flags.DEFINE_string(
+    "data_dir", None, "Directory with the datasets' original files; defaults "
+    f"to ${data_lib.DATA_DIR_ENV}, then Debian's path, then tfds.")
+PRESET = flags.DEFINE_enum("preset", "compact", list(models.PRESETS),
+                           "CloudCNN architecture preset (see edgecnn/models.py).")
+TRAIN_CONFIG = flags.DEFINE_enum(
+    "train_config", "paper", sorted(train_lib.CONFIGS),
+    "Named training schedule: paper (Sec. 4.3.1), robust (adds warm-up, "
+    "clipping, dead-run restarts) or quick (2 epochs, for smoke tests).")
+MAX_EPOCHS = flags.DEFINE_integer(
+    "max_epochs", None, "Cap on epochs (the paper has none); overrides the "
+    "named config.")
+CROP_SIZE = flags.DEFINE_integer(
+    "crop_size", None, "Crop side for training and 10-crop testing; default "
+    "24 for 28x28 datasets and 28 for CIFAR-10.")
+INITIALIZER = flags.DEFINE_enum("kernel_initializer", "he_normal",
+                                list(models.INITIALIZERS),
+                                "Initialiser of the ReLU layers.")
+WORKDIR = flags.DEFINE_string(
+    "workdir", "workdir", "Where trained models and payloads are kept.")
+RESULTS_CSV = flags.DEFINE_string(
+    "results_csv", None, "Long-format CSV the rows are appended to; defaults "
+    "to results/<experiment>.csv.")
+TENSORBOARD_DIR = flags.DEFINE_string(
+    "tensorboard_dir", None, "If set, write TensorBoard logs there.")
+USE_TFDS = flags.DEFINE_bool(
+    "use_tfds", True, "Fall back to tensorflow-datasets (needs internet).")
+
+
+def reject_args(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise SystemExit(f"Unexpected arguments: {argv[1:]}; all options are "
+                     "--flags (see --help).")
+
+
+def setup_logging() -> None:
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                      format="%(asctime)s %(levelname)s %(message)s")
+  logging.getLogger("edgecnn").setLevel(logging.INFO)
+
+
+def train_config() -> train_lib.TrainConfig:
+  overrides = {}
+  if MAX_EPOCHS.value is not None:
+    overrides["max_epochs"] = MAX_EPOCHS.value
+  if CROP_SIZE.value is not None:
+    overrides["crop_size"] = CROP_SIZE.value
+  return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
+
+
+def load_dataset() -> data_lib.Dataset:
+  return data_lib.load_dataset(DATASET.value, DATA_DIR.value,
+                               use_tfds=USE_TFDS.value)
+
+
+def result_log(experiment: str) -> results.ResultLog:
+  path = RESULTS_CSV.value or os.path.join("results", f"{experiment}.csv")
+  device, threads = eval_lib.device_description()
+  return results.ResultLog(path, {
+      "experiment": experiment, "device": device, "threads": threads,
+      "commit": results.git_commit(pathlib.Path(__file__).parent)})
+
+
+def save_flags(log: results.ResultLog, name: str) -> None:
+  """Writes the values of the project's flags beside the CSV (simclr's habit)."""
+  values = {flag.name: flag.value
+            for module, module_flags in flags.FLAGS.flags_by_module_dict().items()
+            if not module.startswith("absl")
+            for flag in module_flags}
+  results.write_metadata(
+      log.path.with_name(f"{log.path.stem}.{name}.flags.json"), values)
+
+
+def train_metrics(result: train_lib.TrainResult) -> list[tuple[str, object, str]]:
+  """The rows every training run reports."""
+  rows = [
+      ("test_accuracy_10crop", result.test_accuracy_10crop, "fraction"),
+      ("test_accuracy_center", result.test_accuracy_center, "fraction"),
+      ("best_val_accuracy", result.best_val_accuracy, "fraction"),
+      ("epochs", result.epochs, "epochs"),
+      ("best_epoch", result.best_epoch, "epochs"),
+      ("wall_time", result.wall_time_s, "s"),
+      ("train_images_per_s", result.train_images_per_s, "images/s"),
+      ("trainable_params", result.trainable_params, "params"),
+      ("frozen_params", result.frozen_params, "params"),
+      ("restarts", result.restarts, "count"),
+      ("trained", int(result.trained), "bool"),
+  ]
+  return [r for r in rows if r[1] is not None]
+
+

@@ -1,0 +1,26 @@
+"""Packaging for edgecnn."""
+
+import setuptools
+
+setuptools.setup(
+    name="edgecnn",
+    version="0.1.0",
+    description=("Cloud-edge collaboration for cognitive services: CloudCNN "
+                 "teaches EdgeCNN (Ding et al.)"),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["edgecnn", "edgecnn.*",
+                                               "experiments"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "tensorflow-datasets",
+        "numpy",
+        "pandas",
+        "absl-py",
+    ],
+    extras_require={
+        "test": ["pytest"],
+    },
+)
