@@ -351,19 +351,21 @@ def train_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int,
   channels = x.shape[-1]
   ds = tf.data.Dataset.from_tensor_slices((x, y)).cache()
   ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-  rng = tf.random.Generator.from_seed(seed)
+  # One pair of stateless seeds per image from a seeded random stream, so the
+  # crops do not depend on the order parallel map calls run in.
+  seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+  ds = tf.data.Dataset.zip((ds, seeds.batch(4)))
 
-  # Per image, so that every image gets its own crop window.
-  def augment_one(image, label):
-    seeds = rng.make_seeds(2)
+  def augment(example, seed_ints):
+    image, label = example
+    crop_seed, flip_seed = seed_ints[:2], seed_ints[2:]
     image = tf.image.stateless_random_crop(
-        preprocess(image), [crop_size, crop_size, channels], seed=seeds[:, 0])
+        preprocess(image), [crop_size, crop_size, channels], seed=crop_seed)
     if flip:
-      image = tf.image.stateless_random_flip_left_right(image, seeds[:, 1])
+      image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     return image, label
 
-  ds = ds.map(augment_one, num_parallel_calls=tf.data.AUTOTUNE,
-              deterministic=True)
+  ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 

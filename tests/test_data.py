@@ -1,0 +1,169 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from edgecnn import data as data_lib
+from edgecnn import evaluate as eval_lib
+from tests.conftest import (write_cifar_bin, write_cifar_python, write_idx,
+                            write_mnist_like)
+
+
+@pytest.mark.parametrize("name,subdir", [("mnist", "mnist"),
+                                         ("fashion_mnist", "fashion-mnist")])
+def test_idx_loader_reads_written_files(tmp_path, no_debian, name, subdir):
+  arrays = write_mnist_like(tmp_path / subdir)
+  ds = data_lib.load_dataset(name, tmp_path, use_tfds=False)
+  assert ds.x_train.shape == (50, 28, 28, 1) and ds.x_test.shape == (20, 28, 28, 1)
+  np.testing.assert_array_equal(ds.x_train[..., 0],
+                                arrays["train-images-idx3-ubyte.gz"])
+  np.testing.assert_array_equal(ds.y_test, arrays["t10k-labels-idx1-ubyte.gz"])
+  assert ds.x_train.dtype == np.uint8 and ds.y_train.dtype == np.int64
+  assert ds.source == str(tmp_path / subdir)
+
+
+def test_env_var_is_a_source(tmp_path, no_debian, monkeypatch):
+  write_mnist_like(tmp_path)
+  monkeypatch.setenv(data_lib.DATA_DIR_ENV, str(tmp_path))
+  assert data_lib.load_dataset("mnist", use_tfds=False).source == str(tmp_path)
+
+
+def test_debian_path_is_a_source(tmp_path, monkeypatch):
+  monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+  monkeypatch.setattr(data_lib, "DEBIAN_ROOT", tmp_path)
+  write_mnist_like(tmp_path / "fashion-mnist")
+  ds = data_lib.load_dataset("fashion_mnist", use_tfds=False)
+  assert ds.source == str(tmp_path / "fashion-mnist")
+
+
+def test_uncompressed_idx_and_malformed_idx(tmp_path):
+  a = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+  write_idx(tmp_path / "x", a, gz=False)
+  np.testing.assert_array_equal(data_lib.read_idx(tmp_path / "x"), a)
+  (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x02ab")
+  with pytest.raises(ValueError, match="not an unsigned-byte IDX"):
+    data_lib.read_idx(tmp_path / "bad")
+  write_idx(tmp_path / "short", a, gz=False)
+  (tmp_path / "short").write_bytes((tmp_path / "short").read_bytes()[:-5])
+  with pytest.raises(ValueError, match="header says"):
+    data_lib.read_idx(tmp_path / "short")
+
+
+def test_cifar_binary_loader(tmp_path, no_debian):
+  written = write_cifar_bin(tmp_path / "cifar-10-batches-bin")
+  ds = data_lib.load_dataset("cifar10", tmp_path, use_tfds=False)
+  assert ds.x_train.shape == (20, 32, 32, 3) and ds.x_test.shape == (4, 32, 32, 3)
+  labels, planes = written["data_batch_1.bin"]
+  np.testing.assert_array_equal(ds.y_train[:4], labels)
+  # record layout: R plane, G plane, B plane, each 32x32 row-major.
+  np.testing.assert_array_equal(ds.x_train[0, 0, :, 0], planes[0, :32])
+  np.testing.assert_array_equal(ds.x_train[0, 0, :, 1], planes[0, 1024:1056])
+  np.testing.assert_array_equal(ds.x_train[0, 1, 0, 2], planes[0, 2048 + 32])
+
+
+def test_cifar_python_loader(tmp_path, no_debian):
+  written = write_cifar_python(tmp_path / "cifar-10-batches-py")
+  ds = data_lib.load_dataset("cifar10", tmp_path, use_tfds=False)
+  assert ds.x_train.shape == (15, 32, 32, 3)
+  labels, planes = written["test_batch"]
+  np.testing.assert_array_equal(ds.y_test, labels)
+  np.testing.assert_array_equal(ds.x_test[1, 0, :, 0], planes[1, :32])
+
+
+def test_cifar_wrong_size_is_named(tmp_path):
+  (tmp_path / "b.bin").write_bytes(b"\x00" * 3000)
+  with pytest.raises(ValueError, match="3073"):
+    data_lib.read_cifar_bin(tmp_path / "b.bin")
+
+
+def test_missing_data_error_names_three_ways(tmp_path, no_debian, monkeypatch):
+  def offline(name):
+    raise ConnectionError("no internet")
+  monkeypatch.setattr(data_lib, "_load_tfds", offline)
+  with pytest.raises(data_lib.DataNotFoundError) as e:
+    data_lib.load_dataset("mnist", tmp_path / "empty")
+  msg = str(e.value)
+  assert "EDGECNN_DATA_DIR" in msg and "dataset-fashion-mnist" in msg
+  assert "tensorflow-datasets" in msg and "no internet" in msg
+  assert str(tmp_path / "empty") in msg
+
+
+def test_unknown_dataset():
+  with pytest.raises(ValueError, match="Unknown dataset 'imagenet'.*cifar10"):
+    data_lib.load_dataset("imagenet")
+
+
+def test_subset_split_deterministic_disjoint_nested():
+  a = data_lib.subset_split(1000, 240, seed=3)
+  b = data_lib.subset_split(1000, 240, seed=3)
+  np.testing.assert_array_equal(a.train, b.train)
+  np.testing.assert_array_equal(a.val, b.val)
+  assert len(a.train) == 216 and len(a.val) == 24
+  assert not set(a.train) & set(a.val)
+  small = data_lib.subset_split(1000, 120, seed=3)
+  assert set(small.train) <= set(a.train) and set(small.val) <= set(a.val)
+  other = data_lib.subset_split(1000, 240, seed=4)
+  assert set(other.train) != set(a.train)
+  full = data_lib.subset_split(1000, None, seed=3)
+  assert len(full.train) == 900 and len(full.val) == 100
+  assert set(full.train) | set(full.val) == set(range(1000))
+
+
+@pytest.mark.parametrize("n", [0, 1001])
+def test_subset_split_bad_n(n):
+  with pytest.raises(ValueError, match="1..1000"):
+    data_lib.subset_split(1000, n, seed=0)
+
+
+def test_ten_crop_shape_and_content():
+  x = tf.reshape(tf.range(2 * 6 * 6, dtype=tf.float32), (2, 6, 6, 1))
+  crops = data_lib.ten_crop(x, 4)
+  assert crops.shape == (10, 2, 4, 4, 1)
+  np.testing.assert_array_equal(crops[0], x[:, :4, :4])
+  np.testing.assert_array_equal(crops[3], x[:, 2:, 2:])
+  np.testing.assert_array_equal(crops[4], x[:, 1:5, 1:5])
+  np.testing.assert_array_equal(crops[5], tf.reverse(x, [2])[:, :4, :4])
+  assert data_lib.ten_crop(x, 4, flip=False).shape == (5, 2, 4, 4, 1)
+  with pytest.raises(ValueError, match="crop_size"):
+    data_lib.ten_crop(x, 7)
+
+
+
+
+def test_ten_crop_prediction_is_mean_of_crop_softmaxes():
+  import keras
+  inp = keras.Input((4, 4, 1))
+  out = keras.layers.Dense(3, activation="softmax")(keras.layers.Flatten()(inp))
+  model = keras.Model(inp, out)
+  images = np.random.default_rng(0).integers(0, 256, (5, 6, 6, 1)).astype(np.uint8)
+  got = eval_lib.predict_probs(model, images, crop_size=4, mode="ten_crop")
+  crops = data_lib.ten_crop(data_lib.preprocess(images), 4).numpy()
+  want = np.mean([model.predict(c, verbose=0) for c in crops], axis=0)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  center = eval_lib.predict_probs(model, images, crop_size=4, mode="center")
+  np.testing.assert_allclose(center, model.predict(crops[4], verbose=0), rtol=1e-5)
+
+
+def test_train_pipeline_shapes_and_seeded_determinism():
+  x = np.random.default_rng(0).integers(0, 256, (10, 8, 8, 1)).astype(np.uint8)
+  y = np.arange(10)
+
+  def first_epoch(seed):
+    ds = data_lib.train_pipeline(x, y, batch_size=4, crop_size=6, flip=True,
+                                 seed=seed)
+    return [(a.numpy(), b.numpy()) for a, b in ds]
+
+  a, b = first_epoch(1), first_epoch(1)
+  assert [xb.shape for xb, _ in a] == [(4, 6, 6, 1), (4, 6, 6, 1), (2, 6, 6, 1)]
+  for (xa, ya), (xb, yb) in zip(a, b):
+    np.testing.assert_array_equal(xa, xb)
+    np.testing.assert_array_equal(ya, yb)
+  assert a[0][0].max() <= 1.0 and a[0][0].dtype == np.float32
+  assert sorted(np.concatenate([yb for _, yb in a])) == list(range(10))
+
+
+def test_eval_pipeline_center_crops_in_order():
+  x = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1)).astype(np.uint8)
+  batches = list(data_lib.eval_pipeline(x, np.arange(5), batch_size=2,
+                                        crop_size=6))
+  got = np.concatenate([b[0].numpy() for b in batches])
+  np.testing.assert_allclose(got, x[:, 1:7, 1:7] / 255.0, rtol=1e-6)
