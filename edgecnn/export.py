@@ -98,3 +98,42 @@ def latest_version(base_dir: str | os.PathLike, model_name: str) -> int | None:
   versions = [int(p.name) for p in root.iterdir()
               if p.is_dir() and p.name.isdigit()]
   return max(versions) if versions else None
+
+
+def check_in_fresh_process(path: str | os.PathLike, images: np.ndarray,
+                           expected: np.ndarray, *, atol: float = 1e-5) -> float:
+  """Reloads a SavedModel in a new Python process and compares its outputs.
+
+  Args:
+    path: the version directory.
+    images: float32 inputs of the serving signature.
+    expected: what the Keras model gave for them.
+    atol: largest allowed absolute difference.
+
+  Returns:
+    The largest absolute difference.
+
+  Raises:
+    AssertionError: if the reloaded outputs differ by more than ``atol``.
+  """
+  import subprocess
+  import sys
+  with tempfile.TemporaryDirectory() as tmp:
+    x_path, y_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
+    np.save(x_path, np.asarray(images, np.float32))
+    code = ("import sys, numpy as np; from edgecnn import export; "
+            "f = export.load_serving_fn(sys.argv[1]); "
+            "np.save(sys.argv[3], f(np.load(sys.argv[2])))")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), x_path,
+                           y_path], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    if proc.returncode:
+      raise RuntimeError(f"Reloading {path} in a fresh process failed:\n"
+                         f"{proc.stderr[-2000:]}")
+    got = np.load(y_path)
+  diff = float(np.max(np.abs(got - expected)))
+  if got.shape != expected.shape or diff > atol:
+    raise AssertionError(f"SavedModel at {path} disagrees with the Keras model:"
+                         f" shapes {got.shape} vs {expected.shape}, max abs "
+                         f"diff {diff} > {atol}")
+  return diff

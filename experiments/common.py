@@ -94,21 +94,16 @@ def save_flags(log: results.ResultLog, name: str) -> None:
       log.path.with_name(f"{log.path.stem}.{name}.flags.json"), values)
 
 
-def train_metrics(result: train_lib.TrainResult) -> list[tuple[str, object, str]]:
-  """The rows every training run reports."""
-  rows = [
-      ("test_accuracy_10crop", result.test_accuracy_10crop, "fraction"),
-      ("test_accuracy_center", result.test_accuracy_center, "fraction"),
-      ("best_val_accuracy", result.best_val_accuracy, "fraction"),
-      ("epochs", result.epochs, "epochs"),
-      ("best_epoch", result.best_epoch, "epochs"),
-      ("wall_time", result.wall_time_s, "s"),
-      ("train_images_per_s", result.train_images_per_s, "images/s"),
-      ("trainable_params", result.trainable_params, "params"),
-      ("frozen_params", result.frozen_params, "params"),
-      ("restarts", result.restarts, "count"),
-      ("trained", int(result.trained), "bool"),
-  ]
-  return [r for r in rows if r[1] is not None]
+CLOUD_DIR = flags.DEFINE_string(
+    "cloud_dir", None, "Directory of a trained CloudCNN (from train_cloud); "
+    "default: <workdir>/cloud/<dataset>-<preset>-seed<cloud_seed>.")
+CLOUD_SEED = flags.DEFINE_integer("cloud_seed", 0,
+                                  "Seed of the CloudCNN to load by default.")
 
 
+def cloud_directory(dataset_name: str) -> pathlib.Path:
+  from edgecnn import cloud_model
+  if CLOUD_DIR.value:
+    return pathlib.Path(CLOUD_DIR.value)
+  return cloud_model.cloud_dir(WORKDIR.value, dataset_name, PRESET.value,
+                               CLOUD_SEED.value)

@@ -19,6 +19,7 @@ from absl import flags
 
 from experiments import common
 from edgecnn import cloud_model
+from edgecnn import sweeps
 
 SEED = flags.DEFINE_integer("seed", 0, "Seed of split, initialisation, shuffle.")
 NUM_IMAGES = flags.DEFINE_integer(
@@ -71,7 +72,7 @@ def main(argv):
          "labels": "true",
          "num_images": NUM_IMAGES.value or len(dataset.x_train),
          "seed": SEED.value}
-  log.append(key, common.train_metrics(result))
+  log.append(key, sweeps.train_metrics(result))
   logging.info("CloudCNN saved to %s: %s", directory, json.dumps({
       "test_accuracy_10crop": result.test_accuracy_10crop,
       "test_accuracy_center": result.test_accuracy_center,

@@ -1,0 +1,247 @@
+"""Library side of the experiments: the EdgeCNN0 vs EdgeCNN1 accuracy sweep
+(Tables 2-3, Figs. 7-9), training time (Fig. 10) and inference time (Fig. 11).
+
+Semantics of the number of training images N (Sec. 4.3.1): the smallest N
+of a sweep is the initialisation phase, trained on true labels. Every larger
+N is an update phase: the nested subset of N images holds the initial images
+with their true labels plus images "uploaded by users" whose labels come from
+CloudCNN (``labels="cloud"``) or from the ground truth (``labels="oracle"``,
+the paper's assumption that CloudCNN is always right). EdgeCNN0 always trains
+on true labels, as the paper does for a fair comparison. Each N trains a
+fresh head from the same seeded initialisation (the paper's tables report
+independent models per N).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+from typing import Iterable, Sequence
+
+import keras
+import numpy as np
+
+from edgecnn import cloud_model
+from edgecnn import data as data_lib
+from edgecnn import evaluate as eval_lib
+from edgecnn import models
+from edgecnn import results
+from edgecnn import train as train_lib
+
+logger = logging.getLogger("edgecnn")
+LABEL_SOURCES = ("cloud", "oracle")
+
+PAPER_GRIDS = {
+    "mnist": (120, 240, 360, 480, 600, 720, 840, 960, 1080, 1200, 60000),
+    "fashion_mnist": (120, 240, 360, 480, 600, 720, 840, 960, 1080, 1200,
+                      60000),
+    "cifar10": (100, 500, 1000, 2000, 5000, 50000),
+}
+
+
+def model_label(pretrained: bool, num_shared: int) -> str:
+  return f"EdgeCNN{int(pretrained)}-{num_shared}"
+
+
+def train_metrics(result: train_lib.TrainResult) -> list[tuple[str, object, str]]:
+  """The rows every training run reports."""
+  rows = [
+      ("test_accuracy_10crop", result.test_accuracy_10crop, "fraction"),
+      ("test_accuracy_center", result.test_accuracy_center, "fraction"),
+      ("best_val_accuracy", result.best_val_accuracy, "fraction"),
+      ("epochs", result.epochs, "epochs"),
+      ("best_epoch", result.best_epoch, "epochs"),
+      ("wall_time", result.wall_time_s, "s"),
+      ("time_per_epoch", result.time_per_epoch_s, "s"),
+      ("train_images_per_s", result.train_images_per_s, "images/s"),
+      ("trainable_params", result.trainable_params, "params"),
+      ("frozen_params", result.frozen_params, "params"),
+      ("restarts", result.restarts, "count"),
+      ("trained", int(result.trained), "bool"),
+  ]
+  return [r for r in rows if r[1] is not None]
+
+
+class CloudLabeler:
+  """CloudCNN's labels for training images, computed once and cached on disk.
+
+  Args:
+    model: the trained CloudCNN.
+    dataset: the dataset whose training images are labelled.
+    cache: optional .npz file keeping {index: label} across runs.
+    mode: crop protocol of the cloud's predictions ("ten_crop" or "center").
+  """
+
+  def __init__(self, model: keras.Model, dataset: data_lib.Dataset, *,
+               cache: str | os.PathLike | None = None, mode: str = "ten_crop"):
+    self.model, self.dataset, self.mode = model, dataset, mode
+    self.cache = pathlib.Path(cache) if cache else None
+    self.labels = np.full(len(dataset.x_train), -1, np.int64)
+    if self.cache and self.cache.exists():
+      with np.load(self.cache) as z:
+        self.labels[z["index"]] = z["label"]
+
+  def __call__(self, indices: np.ndarray) -> np.ndarray:
+    missing = indices[self.labels[indices] < 0]
+    if len(missing):
+      logger.info("CloudCNN labels %d training images (%s)", len(missing),
+                  self.mode)
+      labels, _ = cloud_model.cloud_labels(
+          self.model, self.dataset.x_train[missing],
+          flip=self.dataset.info.flip, mode=self.mode)
+      self.labels[missing] = labels
+      if self.cache:
+        known = np.flatnonzero(self.labels >= 0)
+        tmp = self.cache.with_name(self.cache.name + ".tmp.npz")
+        np.savez(tmp, index=known, label=self.labels[known])
+        os.replace(tmp, self.cache)
+    return self.labels[indices]
+
+
+def update_phase_labels(dataset: data_lib.Dataset, split: data_lib.Split,
+                        initial: data_lib.Split, labels: str,
+                        labeler: CloudLabeler | None) -> tuple[np.ndarray, int, int]:
+  """Training labels for a subset: truth for the initial images, the cloud's
+  (or the truth, for "oracle") for the uploaded ones.
+
+  Returns:
+    (labels aligned with dataset.y_train, number of cloud-labelled images,
+    number of them that are wrong).
+  """
+  if labels not in LABEL_SOURCES:
+    raise ValueError(f"`labels` must be one of {list(LABEL_SOURCES)}. "
+                     f"Received: labels={labels!r}")
+  out = dataset.y_train.copy()
+  initial_idx = np.concatenate([initial.train, initial.val])
+  subset = np.concatenate([split.train, split.val])
+  uploaded = np.setdiff1d(subset, initial_idx)
+  if labels == "oracle" or len(uploaded) == 0:
+    return out, int(len(uploaded)), 0
+  if labeler is None:
+    raise ValueError("labels='cloud' needs a CloudLabeler.")
+  out[uploaded] = labeler(uploaded)
+  wrong = int(np.sum(out[uploaded] != dataset.y_train[uploaded]))
+  return out, int(len(uploaded)), wrong
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSpec:
+  """One edge_accuracy sweep."""
+  preset: str
+  num_images: tuple[int, ...]
+  seeds: tuple[int, ...]
+  shared: tuple[int, ...] = (3, 5, 10)
+  labels: str = "cloud"
+  models: tuple[bool, ...] = (True, False)  # pretrained flags to run
+  kernel_initializer: str = "he_normal"
+
+
+def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
+                        spec: SweepSpec, config: train_lib.TrainConfig,
+                        log: results.ResultLog, *,
+                        labeler: CloudLabeler | None = None,
+                        tensorboard_dir: str | None = None) -> int:
+  """Trains EdgeCNN0-m and EdgeCNN1-m over a grid of N and seeds.
+
+  Rows already in ``log`` are skipped, so a killed sweep resumes. The loop
+  order is seed, N (in the order given), m, model: pass the most informative
+  N first to have those rows land first.
+
+  Returns:
+    The number of runs trained (not skipped).
+  """
+  if not spec.num_images:
+    raise ValueError("`num_images` must list at least one N.")
+  for m in spec.shared:
+    models._check_num_shared(m)
+  n_initial = min(spec.num_images)
+  n_all = len(dataset.x_train)
+  payloads = {m: models.export_shared_layers(cloud, m) for m in spec.shared}
+  trained = 0
+  for seed in spec.seeds:
+    initial = data_lib.subset_split(n_all, n_initial, seed=seed)
+    for n in spec.num_images:
+      split = data_lib.subset_split(n_all, n, seed=seed)
+      phase_labels = None
+      for m in spec.shared:
+        for pretrained in spec.models:
+          label_source = spec.labels if pretrained and n > n_initial else "true"
+          key = {"dataset": dataset.info.name, "preset": spec.preset,
+                 "model": model_label(pretrained, m), "num_shared": m,
+                 "pretrained": pretrained, "labels": label_source,
+                 "num_images": n, "seed": seed}
+          if log.done(key):
+            continue
+          extra = []
+          train_labels = None
+          if label_source != "true":
+            if phase_labels is None:
+              phase_labels = update_phase_labels(dataset, split, initial,
+                                                 spec.labels, labeler)
+            train_labels, n_up, n_wrong = phase_labels
+            extra = [("uploaded_images", n_up, "images"),
+                     ("wrong_cloud_labels", n_wrong, "images")]
+          keras.backend.clear_session()
+          keras.utils.set_random_seed(seed)
+          edge = models.build_edge_cnn_from_payload(
+              payloads[m], pretrained=pretrained,
+              kernel_initializer=spec.kernel_initializer, seed=seed)
+          name = f"{model_label(pretrained, m)} N={n} seed={seed}"
+          logger.info("training %s (%s labels)", name, label_source)
+          result = train_lib.train_and_evaluate(
+              edge, dataset, split, config, seed=seed,
+              train_labels=train_labels, label=name,
+              tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
+                  " ", "_")) if tensorboard_dir else None))
+          log.append(key, train_metrics(result) + extra)
+          logger.info("%s: test 10-crop %.4f centre %.4f, %d epochs, %.0f s, %s",
+                      name, result.test_accuracy_10crop,
+                      result.test_accuracy_center, result.epochs,
+                      result.wall_time_s, result.stop_reason)
+          trained += 1
+  return trained
+
+
+def inference_time(named_models: Sequence[tuple[str, keras.Model]],
+                   images: np.ndarray, *, repeats: int = 5, warmup: int = 1,
+                   batch_size: int = 256) -> dict[str, eval_lib.Timing]:
+  """Times classifying ``images`` (centre crop) with each model, side by side.
+
+  Models are timed in an interleaved order per repeat so that drift in the
+  machine's load affects all of them alike.
+  """
+  prepared = {}
+  for name, model in named_models:
+    crop = model.input_shape[1]
+    prepared[name] = data_lib.center_crop(data_lib.preprocess(images), crop)
+  samples: dict[str, list[float]] = {name: [] for name, _ in named_models}
+  for name, model in named_models:
+    for _ in range(warmup):
+      model.predict(prepared[name], batch_size=batch_size, verbose=0)
+  for _ in range(repeats):
+    for name, model in named_models:
+      t = eval_lib.time_call(lambda: model.predict(
+          prepared[name], batch_size=batch_size, verbose=0),
+          repeats=1, warmup=0)
+      samples[name].extend(t.samples)
+  return {name: eval_lib.Timing(tuple(s)) for name, s in samples.items()}
+
+
+def grid(values: Iterable[str | int]) -> tuple[int, ...]:
+  """Parses a list of N values; 'paper:<dataset>' expands to the paper's."""
+  out: list[int] = []
+  for v in values:
+    if isinstance(v, str) and v.startswith("paper:"):
+      name = v.split(":", 1)[1]
+      if name not in PAPER_GRIDS:
+        raise ValueError(f"No paper grid for {name!r}; known: "
+                         f"{sorted(PAPER_GRIDS)}")
+      out.extend(PAPER_GRIDS[name])
+    else:
+      try:
+        out.append(int(v))
+      except ValueError:
+        raise ValueError(f"Not a number of images: {v!r}") from None
+  return tuple(dict.fromkeys(out))

@@ -1,0 +1,71 @@
+r"""EdgeCNN0-m vs EdgeCNN1-m accuracy over N and seeds (Tables 2-3, Figs. 7-9).
+
+Needs a CloudCNN from train_cloud. Appends one row per measured value to
+results/edge_accuracy.csv; rows already there are skipped, so rerunning the
+same command resumes a killed sweep. The N values run in the order given:
+put the most informative first.
+
+  python -m experiments.edge_accuracy --dataset=fashion_mnist --preset=compact \
+      --num_images=120,1200,240,600 --seeds=0,1,2
+"""
+
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+
+from experiments import common
+from edgecnn import cloud_model
+from edgecnn import sweeps
+
+NUM_IMAGES = flags.DEFINE_list(
+    "num_images", ["paper"], "Values of N, in run order; 'paper' is the "
+    "paper's grid for --dataset. The smallest N is the initialisation phase.")
+SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
+SHARED = flags.DEFINE_list("shared", ["3", "5", "10"], "Values of m.")
+LABELS = flags.DEFINE_enum(
+    "labels", "cloud", list(sweeps.LABEL_SOURCES),
+    "Labels of the update-phase images: CloudCNN's predictions, or the "
+    "ground truth (the paper's assumption that CloudCNN is always right).")
+MODELS = flags.DEFINE_enum("models", "both", ["both", "edgecnn1", "edgecnn0"],
+                           "Which models to train.")
+CLOUD_LABEL_MODE = flags.DEFINE_enum(
+    "cloud_label_mode", "ten_crop", ["ten_crop", "center"],
+    "How CloudCNN predicts labels for uploaded images.")
+EXPERIMENT = flags.DEFINE_string(
+    "experiment", "edge_accuracy", "Experiment name in the rows and default "
+    "CSV name (training_time reuses this binary's library).")
+
+
+def run(experiment: str) -> int:
+  dataset = common.load_dataset()
+  name = dataset.info.name
+  num_images = sweeps.grid(
+      [f"paper:{name}" if v == "paper" else v for v in NUM_IMAGES.value])
+  directory = common.cloud_directory(name)
+  cloud = cloud_model.load_cloud(directory)
+  spec = sweeps.SweepSpec(
+      preset=common.PRESET.value, num_images=num_images,
+      seeds=tuple(int(s) for s in SEEDS.value),
+      shared=tuple(int(m) for m in SHARED.value), labels=LABELS.value,
+      models={"both": (True, False), "edgecnn1": (True,),
+              "edgecnn0": (False,)}[MODELS.value],
+      kernel_initializer=common.INITIALIZER.value)
+  log = common.result_log(experiment)
+  common.save_flags(log, f"{name}-{spec.preset}")
+  labeler = sweeps.CloudLabeler(
+      cloud, dataset, mode=CLOUD_LABEL_MODE.value,
+      cache=directory / f"train_labels_{CLOUD_LABEL_MODE.value}.npz")
+  return sweeps.edge_accuracy_sweep(
+      dataset, cloud, spec, common.train_config(), log, labeler=labeler,
+      tensorboard_dir=common.TENSORBOARD_DIR.value)
+
+
+def main(argv):
+  common.reject_args(argv)
+  common.setup_logging()
+  run(EXPERIMENT.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,123 @@
+"""Every experiment binary, end to end, in its quick setting on tiny files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tests.conftest import write_mnist_like
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *args, cwd):
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{module}", *args],
+                        cwd=cwd, env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+  root = tmp_path_factory.mktemp("exp")
+  write_mnist_like(root / "data" / "mnist", n_train=120, n_test=20)
+  common = [f"--data_dir={root / 'data'}", "--dataset=mnist",
+            "--use_tfds=false", f"--workdir={root / 'work'}",
+            "--train_config=quick"]
+  run("train_cloud", *common, "--num_images=60", "--shared=3,5",
+      f"--results_csv={root / 'results' / 'train_cloud.csv'}", cwd=root)
+  return root, common
+
+
+def test_train_cloud_saves_model_payloads_and_rows(workspace):
+  root, _ = workspace
+  cloud = root / "work" / "cloud" / "mnist-compact-seed0"
+  for name in ["build.json", "cloud.weights.h5", "shared_m3.bin",
+               "shared_m5.bin", "train_result.json",
+               "saved_model/cloud_cnn/1/saved_model.pb"]:
+    assert (cloud / name).exists(), name
+  rows = pd.read_csv(root / "results" / "train_cloud.csv")
+  assert set(rows["metric"]) >= {"test_accuracy_10crop", "test_accuracy_center",
+                                 "epochs", "wall_time"}
+  assert (rows["model"] == "CloudCNN").all() and (rows["num_images"] == 60).all()
+  flags_file = root / "results" / "train_cloud.mnist-compact-seed0.flags.json"
+  assert json.loads(flags_file.read_text())["num_images"] == 60
+  assert json.loads((cloud / "train_result.json").read_text())["epochs"] == 2
+
+
+def test_edge_accuracy_writes_both_models_and_resumes(workspace):
+  root, common = workspace
+  csv = root / "results" / "edge_accuracy.csv"
+  args = [*common, "--num_images=20,40", "--seeds=0", "--shared=3",
+          f"--results_csv={csv}"]
+  run("edge_accuracy", *args, cwd=root)
+  rows = pd.read_csv(csv)
+  acc = rows[rows.metric == "test_accuracy_10crop"]
+  assert sorted(zip(acc.model, acc.num_images, acc.labels)) == [
+      ("EdgeCNN0-3", 20, "true"), ("EdgeCNN0-3", 40, "true"),
+      ("EdgeCNN1-3", 20, "true"), ("EdgeCNN1-3", 40, "cloud")]
+  wrong = rows[rows.metric == "wrong_cloud_labels"]
+  uploaded = rows[rows.metric == "uploaded_images"]
+  assert uploaded.value.tolist() == [20]
+  assert 0 <= wrong.value.iloc[0] <= 20
+  assert (root / "work" / "cloud" / "mnist-compact-seed0" /
+          "train_labels_ten_crop.npz").exists()
+  proc = run("edge_accuracy", *args, cwd=root)
+  assert len(pd.read_csv(csv)) == len(rows)  # all done: nothing retrained
+  assert "training EdgeCNN" not in proc.stderr
+
+
+def test_training_time_uses_paper_sample_count(workspace):
+  root, common = workspace
+  csv = root / "results" / "training_time.csv"
+  run("training_time", *common, "--seeds=0", "--shared=3",
+      f"--results_csv={csv}", cwd=root)
+  rows = pd.read_csv(csv)
+  times = rows[rows.metric == "wall_time"]
+  assert sorted(times.model) == ["EdgeCNN0-3", "EdgeCNN1-3"]
+  assert (times.num_images == 100).all() and (times.value > 0).all()
+  assert (rows.experiment == "training_time").all()
+
+
+def test_inference_time_rows(workspace):
+  root, common = workspace
+  csv = root / "results" / "inference_time.csv"
+  run("inference_time", *common, "--shared=3,5", "--num_test_images=10",
+      "--repeats=2", f"--results_csv={csv}", cwd=root)
+  rows = pd.read_csv(csv)
+  per_image = rows[rows.metric == "inference_ms_per_image"]
+  assert sorted(per_image.model) == ["CloudCNN", "EdgeCNN1-3", "EdgeCNN1-5"]
+  assert (per_image.value > 0).all()
+
+
+def test_export_saved_model_reloads_in_fresh_process(workspace):
+  root, common = workspace
+  proc = run("export_saved_model", *common, "--model=edge", "--num_shared=3",
+             f"--base_dir={root / 'serving'}", "--check_images=8", cwd=root)
+  assert (root / "serving" / "edgecnn" / "1" / "saved_model.pb").exists()
+  assert "fresh-process reload matches" in proc.stderr
+
+
+def test_stray_arguments_are_rejected(workspace):
+  root, common = workspace
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  proc = subprocess.run([sys.executable, "-m", "experiments.edge_accuracy",
+                         "oops"], cwd=root, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert proc.returncode != 0 and "Unexpected arguments: ['oops']" in proc.stderr
+
+
+@pytest.mark.parametrize("module", ["train_cloud", "edge_accuracy",
+                                    "training_time", "inference_time",
+                                    "export_saved_model"])
+def test_help_documents_flags(module):
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{module}",
+                         "--helpfull"], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert "--dataset" in proc.stdout and "--preset" in proc.stdout

@@ -1,0 +1,50 @@
+import json
+
+import pandas as pd
+import pytest
+
+from edgecnn import results
+
+KEY = {"dataset": "mnist", "preset": "compact", "model": "EdgeCNN1-3",
+       "num_shared": 3, "pretrained": True, "labels": "cloud",
+       "num_images": 120, "seed": 0}
+
+
+def test_append_read_and_resume(tmp_path):
+  path = tmp_path / "r.csv"
+  log = results.ResultLog(path, {"experiment": "e", "device": "CPU",
+                                 "threads": 2, "commit": "abc"})
+  assert not log.done(KEY)
+  log.append(KEY, [("test_accuracy_10crop", 0.9, "fraction"),
+                   ("wall_time", 1.5, "s")])
+  assert log.done(KEY)
+  assert not log.done({**KEY, "seed": 1})
+  frame = pd.read_csv(path)
+  assert list(frame.columns) == list(results.COLUMNS)
+  assert len(frame) == 2 and frame["value"].tolist() == [0.9, 1.5]
+  fresh = results.ResultLog(path, {"experiment": "e"})
+  assert fresh.done(KEY)
+  log.append({**KEY, "seed": 1}, [("x", 1, "u")])
+  assert len(pd.read_csv(path)) == 3  # header written once
+
+
+def test_row_cut_short_by_a_kill_is_ignored(tmp_path):
+  path = tmp_path / "r.csv"
+  log = results.ResultLog(path, {"experiment": "e"})
+  log.append(KEY, [("a", 1, "u")])
+  with open(path, "a") as f:
+    f.write("e,mnist,compact,EdgeCNN1-3,3,True,cloud,240,0,a,1")
+  fresh = results.ResultLog(path, {"experiment": "e"})
+  assert len(fresh.read()) == 1
+  assert not fresh.done({**KEY, "num_images": 240})
+
+
+def test_unknown_column_rejected(tmp_path):
+  with pytest.raises(ValueError, match="Unknown result columns"):
+    results.ResultLog(tmp_path / "r.csv", {"color": "red"})
+
+
+def test_write_metadata(tmp_path):
+  results.write_metadata(tmp_path / "m" / "f.json", {"seed": 1, "n": None})
+  assert json.loads((tmp_path / "m" / "f.json").read_text()) == {
+      "n": None, "seed": 1}

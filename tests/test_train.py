@@ -1,0 +1,146 @@
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from edgecnn import data as data_lib
+from edgecnn import models
+from edgecnn import train as train_lib
+from tests.conftest import fake_dataset
+
+
+def _schedule(config, epochs_logs):
+  """Runs the schedule callback on scripted epoch logs; returns it."""
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+  train_lib._compile(model, config)
+  cb = train_lib._PaperSchedule(config, 10, "t")
+  cb.set_model(model)
+  cb.dead = False
+  cb.on_train_begin()
+  for epoch, logs in enumerate(epochs_logs):
+    cb.on_epoch_end(epoch, logs)
+    if model.stop_training:
+      break
+  return cb, model
+
+
+def _flat(n, acc=0.5, loss=1.0):
+  return [{"loss": 1.0, "accuracy": 0.5, "val_loss": loss,
+           "val_accuracy": acc}] * n
+
+
+def test_lr_cut_on_plateau_and_stop_after_more_than_1000x():
+  config = train_lib.get_config("paper")
+  cb, model = _schedule(config, _flat(100))
+  # epoch 1 improves; then cuts after 5, 10, 15, 20 stale epochs;
+  # the fourth cut makes the total 10,000x > 1,000x and ends the run.
+  assert len(cb.history) == 21
+  assert cb.stop_reason == "lr_reduced_over_1000x"
+  assert [h["lr"] for h in cb.history[::5]] == pytest.approx(
+      [0.01, 0.01, 1e-3, 1e-4, 1e-5])
+  assert float(model.optimizer.learning_rate) == pytest.approx(1e-6)
+
+
+def test_stop_when_val_error_has_not_dropped_for_30_epochs():
+  config = train_lib.get_config("paper", lr_patience=1000)
+  cb, _ = _schedule(config, _flat(100))
+  assert len(cb.history) == 31
+  assert cb.stop_reason == "no_val_improvement_30_epochs"
+
+
+def test_improvement_resets_patience_and_ties_break_on_loss():
+  config = train_lib.get_config("paper", lr_patience=1000)
+  logs = _flat(10) + [{"loss": 1, "accuracy": .5, "val_loss": 0.5,
+                       "val_accuracy": 0.5}] + _flat(100)
+  cb, _ = _schedule(config, logs)
+  assert cb.best_epoch == 11 and len(cb.history) == 41
+  no_tie = train_lib.get_config("paper", lr_patience=1000, tie_break_loss=False)
+  cb, _ = _schedule(no_tie, logs)
+  assert cb.best_epoch == 1 and len(cb.history) == 31
+
+
+def test_diverged_and_dead_runs_stop():
+  cb, _ = _schedule(train_lib.get_config("paper"),
+                    [{"loss": math.nan, "accuracy": 0.1, "val_loss": math.nan,
+                      "val_accuracy": 0.1}])
+  assert cb.stop_reason == "diverged"
+  dead = [{"loss": 2.3, "accuracy": 0.1, "val_loss": 2.3, "val_accuracy": 0.1}]
+  cb, _ = _schedule(train_lib.get_config("robust"), dead * 10)
+  assert cb.stop_reason == "dead" and len(cb.history) == 3
+  cb, _ = _schedule(train_lib.get_config("paper", max_epochs=5), dead * 5)
+  assert cb.dead and cb.stop_reason == "max_epochs"
+
+
+def test_warmup_ramps_learning_rate():
+  config = train_lib.get_config("paper", warmup_steps=4)
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+  train_lib._compile(model, config)
+  cb = train_lib._PaperSchedule(config, 10, "t")
+  cb.set_model(model)
+  cb.on_train_begin()
+  seen = []
+  for step in range(6):
+    cb.on_train_batch_begin(step)
+    seen.append(float(model.optimizer.learning_rate))
+  assert seen == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01])
+
+
+def test_bad_config_values():
+  with pytest.raises(ValueError, match="batch_size"):
+    train_lib.TrainConfig(batch_size=0)
+  with pytest.raises(ValueError, match="Unknown training config 'fast'"):
+    train_lib.get_config("fast")
+
+
+def test_paper_config_defaults_match_sec_4_3_1():
+  c = train_lib.CONFIGS["paper"]
+  assert (c.batch_size, c.learning_rate, c.momentum, c.lr_decay,
+          c.stop_patience, c.max_lr_reduction, c.max_epochs) == (
+              32, 0.01, 0.9, 0.1, 30, 1000.0, None)
+  assert (c.warmup_steps, c.clipnorm, c.max_restarts) == (0, None, 0)
+
+
+def test_train_and_evaluate_learns_fake_data_and_keeps_frozen_layers():
+  ds = fake_dataset("mnist", n_train=200, n_test=40)  # classes not mirror-safe
+  cloud = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  edge = models.build_edge_cnn(cloud, 3, seed=0)
+  frozen_before = [w.copy() for w in edge.get_layer("block1_conv3").get_weights()]
+  split = data_lib.subset_split(200, 200, seed=0)
+  config = train_lib.get_config("paper", max_epochs=6, batch_size=16)
+  result = train_lib.train_and_evaluate(edge, ds, split, config, seed=0)
+  assert result.epochs == 6 and result.stop_reason == "max_epochs"
+  assert result.test_accuracy_10crop > 0.5 and result.test_accuracy_center > 0.5
+  assert (result.trainable_params, result.frozen_params) == \
+      models.count_params(edge)
+  assert result.frozen_params == 18_816
+  assert result.trained and len(result.history) == 6
+  for a, b in zip(frozen_before, edge.get_layer("block1_conv3").get_weights()):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_train_labels_override_and_input_checks():
+  ds = fake_dataset(n_train=40, n_test=10)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  split = data_lib.subset_split(40, 40, seed=0)
+  config = train_lib.get_config("quick")
+  with pytest.raises(ValueError, match="train_labels"):
+    train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                 train_labels=np.zeros(3))
+  wrong = models.build_cloud_cnn((28, 28, 1), preset="compact", seed=0)
+  with pytest.raises(ValueError, match="crop size 24"):
+    train_lib.train_and_evaluate(wrong, ds, split, config, seed=0)
+  result = train_lib.train_and_evaluate(
+      model, ds, split, config, seed=0, evaluate_test=False,
+      train_labels=np.zeros(40, np.int64))
+  assert result.test_accuracy_10crop is None
+
+
+def test_reinitialize_touches_only_trainable_layers():
+  cloud = models.build_cloud_cnn((12, 12, 1), preset="compact", seed=0)
+  edge = models.build_edge_cnn(cloud, 3, seed=0)
+  frozen = edge.get_layer("block1_conv1").get_weights()[0].copy()
+  head = edge.get_layer("fc1").get_weights()[0].copy()
+  train_lib.reinitialize(edge, seed=5)
+  np.testing.assert_array_equal(frozen, edge.get_layer("block1_conv1").get_weights()[0])
+  assert not np.array_equal(head, edge.get_layer("fc1").get_weights()[0])
