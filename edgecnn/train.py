@@ -188,6 +188,75 @@ def _compile(model: keras.Model, config: TrainConfig) -> None:
       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
+def _needs_custom_loop(strategy) -> bool:
+  # Keras 3's fit() fails under MultiWorkerMirroredStrategy (PerReplica
+  # values reach the metrics; keras-team/keras#20585), so multi-worker runs
+  # use a custom loop with strategy.run that drives the same schedule.
+  import tensorflow as tf
+  return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _fit_distributed(model, train_ds, val_ds, config: TrainConfig, strategy,
+                     schedule: _PaperSchedule) -> None:
+  """Synchronous data-parallel SGD: each worker takes its share of every
+  global batch of ``config.batch_size`` images; gradients are all-reduced."""
+  import tensorflow as tf
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  dist_ds = strategy.experimental_distribute_dataset(
+      train_ds.with_options(options))
+  optimizer = model.optimizer
+  global_batch = config.batch_size
+
+  def step(x, y):
+    with tf.GradientTape() as tape:
+      probs = model(x, training=True)
+      per_example = keras.losses.sparse_categorical_crossentropy(y, probs)
+      loss = tf.nn.compute_average_loss(per_example,
+                                        global_batch_size=global_batch)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply(grads, model.trainable_variables)
+    correct = tf.reduce_sum(tf.cast(
+        tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)), tf.float32))
+    return loss * tf.cast(tf.shape(y)[0], tf.float32), correct, \
+        tf.cast(tf.shape(y)[0], tf.float32)
+
+  @tf.function
+  def train_step(x, y):
+    out = strategy.run(step, args=(x, y))
+    return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for v in out]
+
+  @tf.function
+  def val_step(x, y):
+    probs = model(x, training=False)
+    loss = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, probs))
+    correct = tf.reduce_sum(tf.cast(
+        tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)), tf.float32))
+    return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
+
+  schedule.set_model(model)
+  model.stop_training = False
+  schedule.on_train_begin()
+  epoch = 0
+  while not model.stop_training and (config.max_epochs is None
+                                     or epoch < config.max_epochs):
+    totals = np.zeros(3)
+    for batch, (x, y) in enumerate(dist_ds):
+      schedule.on_train_batch_begin(batch)
+      totals += [float(v) for v in train_step(x, y)]
+    val = np.zeros(3)
+    for x, y in val_ds:
+      val += [float(v) for v in val_step(x, y)]
+    schedule.on_epoch_end(epoch, {
+        "loss": totals[0] / max(totals[2], 1) * strategy.num_replicas_in_sync,
+        "accuracy": totals[1] / max(totals[2], 1),
+        "val_loss": val[0] / max(val[2], 1),
+        "val_accuracy": val[1] / max(val[2], 1)})
+    epoch += 1
+
+
 def reinitialize(model: keras.Model, seed: int) -> None:
   """Draws new values for every trainable kernel (biases to zero).
 
@@ -267,9 +336,12 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     schedule.dead = False
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
       _compile(model, config)
-    model.fit(train_ds, validation_data=val_ds, shuffle=False,
-              epochs=config.max_epochs or 1_000_000, verbose=0,
-              callbacks=[schedule] + callbacks_extra)
+    if _needs_custom_loop(strategy):
+      _fit_distributed(model, train_ds, val_ds, config, strategy, schedule)
+    else:
+      model.fit(train_ds, validation_data=val_ds, shuffle=False,
+                epochs=config.max_epochs or 1_000_000, verbose=0,
+                callbacks=[schedule] + callbacks_extra)
     total_epochs += len(schedule.history)
     if (schedule.stop_reason in ("dead", "diverged")
         and restarts < config.max_restarts):

@@ -47,6 +47,20 @@ def make_strategy(name: str):
   return tf.distribute.MultiWorkerMirroredStrategy()
 
 
+def _task_id() -> int:
+  return int(json.loads(os.environ.get("TF_CONFIG", "{}")).get(
+      "task", {}).get("index", 0))
+
+
+def _is_chief(strategy) -> bool:
+  if strategy is None or not hasattr(strategy, "cluster_resolver"):
+    return True
+  resolver = strategy.cluster_resolver
+  return resolver is None or (resolver.task_type in (None, "chief")
+                              or (resolver.task_type == "worker"
+                                  and resolver.task_id == 0))
+
+
 def main(argv):
   common.reject_args(argv)
   common.setup_logging()
@@ -55,12 +69,17 @@ def main(argv):
   config = common.train_config()
   directory = cloud_model.cloud_dir(common.WORKDIR.value, dataset.info.name,
                                     common.PRESET.value, SEED.value)
+  chief = _is_chief(strategy)
+  if not chief:
+    # Every worker runs the same program; only the chief's files count.
+    directory = directory.with_name(directory.name + f"-worker{_task_id()}")
   if cloud_model.is_trained(directory) and not FORCE.value:
     logging.info("%s already holds a trained CloudCNN; --force retrains it.",
                  directory)
     return
   log = common.result_log("train_cloud")
-  common.save_flags(log, f"{dataset.info.name}-{common.PRESET.value}-seed{SEED.value}")
+  if chief:
+    common.save_flags(log, f"{dataset.info.name}-{common.PRESET.value}-seed{SEED.value}")
   _, result = cloud_model.train_cloud(
       dataset, config, preset=common.PRESET.value, seed=SEED.value,
       directory=directory, num_images=NUM_IMAGES.value,
@@ -72,7 +91,8 @@ def main(argv):
          "labels": "true",
          "num_images": NUM_IMAGES.value or len(dataset.x_train),
          "seed": SEED.value}
-  log.append(key, sweeps.train_metrics(result))
+  if chief:
+    log.append(key, sweeps.train_metrics(result))
   logging.info("CloudCNN saved to %s: %s", directory, json.dumps({
       "test_accuracy_10crop": result.test_accuracy_10crop,
       "test_accuracy_center": result.test_accuracy_center,
