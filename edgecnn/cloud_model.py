@@ -3,6 +3,7 @@
 A trained cloud model lives in one directory::
 
   <dir>/build.json              arguments of models.build_cloud_cnn
+  <dir>/dataset.json            the dataset's name, image shape, class names
   <dir>/cloud.weights.h5        its weights
   <dir>/shared_m{m}.bin         shared-layers payloads (Alg. 1, step 1)
   <dir>/saved_model/cloud_cnn/1 SavedModel for TensorFlow Serving
@@ -30,6 +31,7 @@ from edgecnn import train as train_lib
 logger = logging.getLogger("edgecnn")
 WEIGHTS = "cloud.weights.h5"
 BUILD = "build.json"
+DATASET = "dataset.json"
 RESULT = "train_result.json"
 
 
@@ -61,6 +63,22 @@ def save_cloud(model: keras.Model, build_args: dict,
   return directory
 
 
+def save_dataset_info(directory: str | os.PathLike,
+                      info: data_lib.DatasetInfo) -> None:
+  (pathlib.Path(directory) / DATASET).write_text(json.dumps(
+      dataclasses.asdict(info), indent=2) + "\n")
+
+
+def load_dataset_info(directory: str | os.PathLike) -> data_lib.DatasetInfo:
+  """The DatasetInfo a cloud model was trained on."""
+  path = pathlib.Path(directory) / DATASET
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing; retrain with train_cloud or "
+                            "write it with save_dataset_info.")
+  record = json.loads(path.read_text())
+  return data_lib.dataset_info(record["name"])
+
+
 def load_cloud(directory: str | os.PathLike) -> keras.Model:
   """Rebuilds a saved CloudCNN from its build arguments and weights."""
   directory = pathlib.Path(directory)
@@ -77,7 +95,7 @@ def load_cloud(directory: str | os.PathLike) -> keras.Model:
 
 def is_trained(directory: str | os.PathLike) -> bool:
   d = pathlib.Path(directory)
-  return all((d / n).is_file() for n in (BUILD, WEIGHTS, RESULT))
+  return all((d / n).is_file() for n in (BUILD, WEIGHTS, DATASET, RESULT))
 
 
 def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
@@ -118,6 +136,7 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
       model, dataset, split, config, seed=seed, strategy=strategy,
       tensorboard_dir=tensorboard_dir, label=f"cloud_cnn[{info.name}]")
   save_cloud(model, build_args, directory, shared)
+  save_dataset_info(directory, info)
   summary = dataclasses.asdict(result)
   summary["dataset_source"] = dataset.source
   summary["num_train"] = int(len(split.train))

@@ -1,0 +1,153 @@
+"""The edge service's HTTP API over an EdgeRuntime.
+
+  GET  /healthz
+  POST /v1/classify                       raw JPEG/PNG body from a phone:
+       stored durably, then answered with class, probabilities, model version
+       and object id
+  POST /v1/models/edgecnn:predict         TF Serving REST predict
+  GET  /v1/models/edgecnn                 TF Serving model status
+  GET  /v1/models/edgecnn/versions/{v}
+  GET  /v1/status                         store counts, versions, traffic
+  GET  /v1/objects/{id}                   one object's state
+  POST /v1/admin/upload                   force an upload batch (token)
+  POST /v1/admin/retrain                  force a retrain (token)
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from edgecnn import serving
+from edgecnn.edge import runtime as runtime_lib
+from edgecnn.edge import store as store_lib
+
+MAX_UPLOAD_BYTES = serving.MAX_IMAGE_BYTES
+MAX_JSON_BYTES = 16 * 1024 * 1024
+IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+
+
+def create_app(edge: runtime_lib.EdgeRuntime):
+  """The FastAPI application of an edge service."""
+
+  app = FastAPI(title=f"edgecnn edge {edge.config.edge_id}", version="1",
+                description="EdgeCNN serving, uploads and Alg. 2 updates.")
+  name = runtime_lib.MODEL_NAME
+
+  @app.exception_handler(serving.RequestError)
+  async def _request_error(_, exc: serving.RequestError):
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+  def unauthorized():
+    return JSONResponse({"error": "Admin endpoints need 'Authorization: "
+                                  "Bearer <token>' (the edge's token file)."},
+                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+  async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+      raise serving.RequestError(f"Body of {declared} bytes exceeds the limit "
+                                 f"of {limit} bytes.", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+      size += len(chunk)
+      if size > limit:
+        raise serving.RequestError(f"Body exceeds the limit of {limit} bytes.",
+                                   413)
+      chunks.append(chunk)
+    return b"".join(chunks)
+
+  def check_model(model: str, version: str | None = None):
+    served = edge.slot.current()
+    versions = {str(v["version"]) for v in edge.store.versions() if v["deployed"]}
+    if model != name or (version is not None and version not in versions):
+      label = model + (f" version {version}" if version else "")
+      return JSONResponse({"error": f"Servable not found for request: {label};"
+                                    f" this edge serves {name!r} versions "
+                                    f"{sorted(versions, key=int)}."}, 404)
+    if served is None:
+      return JSONResponse({"error": "The edge is still initialising."}, 503)
+    return None
+
+  @app.get("/healthz")
+  def healthz():
+    served = edge.slot.current()
+    return {"status": "ok" if served else "initialising",
+            "serving_version": served.version if served else None}
+
+  @app.post("/v1/classify")
+  async def classify(request: Request):
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype not in IMAGE_TYPES:
+      raise serving.RequestError(f"Content-Type {ctype or 'missing'!r} is not "
+                                 f"supported; send one of {list(IMAGE_TYPES)} "
+                                 "with the raw image bytes.", 415)
+    raw = await read_body(request, MAX_UPLOAD_BYTES)
+    return await run_in_threadpool(edge.classify_upload, raw)
+
+  @app.post(f"/v1/models/{{model}}:predict")
+  async def predict(model: str, request: Request):
+    if (missing := check_model(model)) is not None:
+      return missing
+    if "json" not in request.headers.get("content-type", "application/json"):
+      raise serving.RequestError("Send the predict body as application/json.",
+                                 415)
+    raw = await read_body(request, MAX_JSON_BYTES)
+    try:
+      body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise serving.RequestError(f"Malformed JSON: {e}.") from e
+    x = await run_in_threadpool(
+        serving.parse_predict_body, body,
+        input_shape=(edge.crop, edge.crop, edge.info.image_shape[2]),
+        image_shape=edge.info.image_shape)
+    probs, _ = await run_in_threadpool(edge.predict, x)
+    return {"predictions": probs.tolist()}
+
+  @app.get("/v1/models/{model}")
+  def model_status(model: str):
+    if (missing := check_model(model)) is not None:
+      return missing
+    served = edge.slot.current()
+    return serving.model_status([(served.version, "AVAILABLE")])
+
+  @app.get("/v1/models/{model}/versions/{version}")
+  def version_status(model: str, version: str):
+    if (missing := check_model(model, version)) is not None:
+      return missing
+    served = edge.slot.current()
+    state = "AVAILABLE" if str(served.version) == version else "END"
+    return serving.model_status([(int(version), state)])
+
+  @app.get("/v1/status")
+  def status():
+    return edge.status()
+
+  @app.get("/v1/objects/{object_id}")
+  def object_state(object_id: str):
+    if not store_lib.OBJECT_ID.match(object_id):
+      raise serving.RequestError("Object ids are 32 lowercase hex digits; got "
+                                 f"{object_id[:80]!r}.")
+    state = edge.store.object_state(object_id)
+    if state is None:
+      return JSONResponse({"error": f"No object {object_id}."}, 404)
+    return {"id": object_id, **state}
+
+  @app.post("/v1/admin/upload")
+  async def admin_upload(request: Request):
+    if not serving.token_matches(request.headers.get("authorization"),
+                                 edge.admin_token):
+      return unauthorized()
+    return await run_in_threadpool(edge.upload_once, True)
+
+  @app.post("/v1/admin/retrain")
+  async def admin_retrain(request: Request):
+    if not serving.token_matches(request.headers.get("authorization"),
+                                 edge.admin_token):
+      return unauthorized()
+    return await run_in_threadpool(edge.retrain)
+
+  return app

@@ -1,0 +1,300 @@
+"""What the cloud and edge services share: request parsing in TensorFlow
+Serving's REST format, image decoding, bearer tokens, a model slot that can be
+hot-swapped, and JSON errors.
+
+TF Serving's predict API takes ``{"instances": [...]}`` (row format) or
+``{"inputs": ...}`` (columnar) and answers ``{"predictions": [...]}``; binary
+values are ``{"b64": "<base64>"}``. Here an instance is either a nested list
+shaped like the model input (float32 in [0, 1], as produced by
+data.preprocess and a centre crop), or ``{"b64": ...}`` holding an encoded
+JPEG/PNG image, which is decoded and pre-processed by ``prepare_image`` and
+``model_input``, the same functions that evaluation uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hmac
+import io
+import os
+import pathlib
+import secrets
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from edgecnn import data as data_lib
+
+MAX_INSTANCES = 1024
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
+MAX_IMAGE_PIXELS = 40_000_000  # refuse before decoding above this
+
+
+class RequestError(ValueError):
+  """A client error; ``status`` is the HTTP status to answer with."""
+
+  def __init__(self, message: str, status: int = 400):
+    super().__init__(message)
+    self.status = status
+
+
+# --- tokens --------------------------------------------------------------------
+
+def load_or_create_token(path: str | os.PathLike, token: str | None = None) -> str:
+  """Returns ``token`` if given, else the one stored at ``path``, creating a
+  random one (owner-only permissions) on first start."""
+  if token:
+    return token
+  path = pathlib.Path(path)
+  if path.exists():
+    stored = path.read_text().strip()
+    if stored:
+      return stored
+  path.parent.mkdir(parents=True, exist_ok=True)
+  new = secrets.token_urlsafe(32)
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+  with os.fdopen(fd, "w") as f:
+    f.write(new + "\n")
+  os.chmod(path, 0o600)
+  return new
+
+
+def token_matches(header: str | None, token: str) -> bool:
+  """Constant-time check of an ``Authorization: Bearer <token>`` header."""
+  if not header or not header.startswith("Bearer "):
+    return False
+  return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
+
+
+# --- images ----------------------------------------------------------------------
+
+def prepare_image(raw: bytes, image_shape: Sequence[int]) -> np.ndarray:
+  """Decodes a JPEG/PNG upload into the dataset's image format.
+
+  The edge's pre-processing step (Alg. 2): decode, convert to the colour mode
+  the model expects (greyscale or RGB), resize to the dataset's image size.
+  The header is read first and an image claiming more than MAX_IMAGE_PIXELS
+  is refused before any pixel is decoded.
+
+  Args:
+    raw: the encoded image.
+    image_shape: (H, W, C) of the dataset, C in {1, 3}.
+
+  Returns:
+    uint8 (H, W, C), the "object" the edge stores and uploads.
+
+  Raises:
+    RequestError: for empty, oversized, truncated or non-image bytes.
+  """
+  from PIL import Image, UnidentifiedImageError
+  if not raw:
+    raise RequestError("Empty image body; send JPEG or PNG bytes.")
+  if len(raw) > MAX_IMAGE_BYTES:
+    raise RequestError(f"Image of {len(raw)} bytes exceeds the limit of "
+                       f"{MAX_IMAGE_BYTES} bytes.", status=413)
+  try:
+    with Image.open(io.BytesIO(raw)) as img:
+      if img.format not in ("JPEG", "PNG"):
+        raise RequestError(f"Unsupported image format {img.format}; send "
+                           "JPEG or PNG.", status=415)
+      w, h = img.size
+      if w * h > MAX_IMAGE_PIXELS:
+        raise RequestError(f"Image header claims {w}x{h} pixels, more than "
+                           f"the limit of {MAX_IMAGE_PIXELS}; refused before "
+                           "decoding.", status=413)
+      img.load()
+      mode = "L" if image_shape[2] == 1 else "RGB"
+      img = img.convert(mode).resize((image_shape[1], image_shape[0]),
+                                     Image.BILINEAR)
+      array = np.asarray(img, np.uint8)
+  except RequestError:
+    raise
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+          Image.DecompressionBombError) as e:
+    raise RequestError(f"Could not decode the image ({type(e).__name__}: "
+                       f"{e}); send a complete JPEG or PNG file.") from e
+  return array.reshape(image_shape)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """uint8 (H, W, C) -> PNG bytes (for clients and tests)."""
+  from PIL import Image
+  squeezed = image[..., 0] if image.shape[-1] == 1 else image
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(squeezed, np.uint8)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def model_input(images_uint8: np.ndarray, crop_size: int) -> np.ndarray:
+  """uint8 objects (N, H, W, C) -> the model's float input (centre crop)."""
+  return data_lib.center_crop(data_lib.preprocess(images_uint8),
+                              crop_size).numpy()
+
+
+# --- TF Serving request bodies ------------------------------------------------------
+
+def _decode_b64(value: Any, where: str) -> bytes:
+  if not isinstance(value, str):
+    raise RequestError(f"{where}: 'b64' must be a base64 string; got "
+                       f"{type(value).__name__}.")
+  try:
+    return base64.b64decode(value, validate=True)
+  except (binascii.Error, ValueError) as e:
+    raise RequestError(f"{where}: invalid base64 ({e}).") from e
+
+
+def parse_predict_body(body: Any, *, input_shape: Sequence[int],
+                       image_shape: Sequence[int]) -> np.ndarray:
+  """Turns a TF Serving predict body into a float32 model-input batch.
+
+  Args:
+    body: the parsed JSON.
+    input_shape: the model's (crop, crop, C).
+    image_shape: the dataset's (H, W, C), for b64 images.
+
+  Returns:
+    float32 (N, *input_shape).
+
+  Raises:
+    RequestError: naming what was wrong and what would work.
+  """
+  if not isinstance(body, dict):
+    raise RequestError("Request body must be a JSON object with 'instances' "
+                       f"(or 'inputs'); got {type(body).__name__}.")
+  if ("instances" in body) == ("inputs" in body):
+    raise RequestError("Request body needs exactly one of 'instances' or "
+                       f"'inputs'; got keys {sorted(body)}.")
+  instances = body.get("instances", body.get("inputs"))
+  if isinstance(instances, dict) and "b64" in instances:
+    instances = [instances]
+  if not isinstance(instances, list):
+    raise RequestError("'instances' must be a list; got "
+                       f"{type(instances).__name__}.")
+  if not instances:
+    raise RequestError("'instances' is empty; send at least one instance.")
+  if len(instances) > MAX_INSTANCES:
+    raise RequestError(f"{len(instances)} instances exceed the limit of "
+                       f"{MAX_INSTANCES} per request.", status=413)
+  shape = tuple(input_shape)
+  out = np.empty((len(instances), *shape), np.float32)
+  for i, inst in enumerate(instances):
+    where = f"instances[{i}]"
+    if isinstance(inst, dict):
+      if set(inst) != {"b64"}:
+        raise RequestError(f"{where}: an object instance must be "
+                           f"{{\"b64\": ...}}; got keys {sorted(inst)}.")
+      image = prepare_image(_decode_b64(inst["b64"], where), image_shape)
+      out[i] = model_input(image[None], shape[0])[0]
+      continue
+    try:
+      array = np.asarray(inst, dtype=np.float64)
+    except (ValueError, TypeError) as e:
+      raise RequestError(f"{where}: not a numeric nested list of shape "
+                         f"{list(shape)} ({e}).") from e
+    if array.shape == shape[:2] and shape[2] == 1:
+      array = array[..., None]
+    if array.shape != shape:
+      raise RequestError(f"{where}: shape {list(array.shape)}; the model "
+                         f"expects {list(shape)} (float32 in [0, 1]) or "
+                         "{\"b64\": <JPEG/PNG>}.")
+    if not np.all(np.isfinite(array)):
+      raise RequestError(f"{where}: contains NaN or infinity.")
+    out[i] = array
+  return out
+
+
+def model_status(versions: Sequence[tuple[int, str]]) -> dict:
+  """TF Serving's GetModelStatus JSON for (version, state) pairs."""
+  return {"model_version_status": [
+      {"version": str(v), "state": state,
+       "status": {"error_code": "OK", "error_message": ""}}
+      for v, state in versions]}
+
+
+# --- a hot-swappable served model ----------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+  """A model being served and the facts clients see about it."""
+  version: int
+  model: Any
+  predict: Callable[[np.ndarray], np.ndarray]
+
+
+class ModelSlot:
+  """Holds the served model; ``swap`` replaces it atomically.
+
+  Requests take a reference with ``current()`` and use it to the end, so a
+  swap in the middle of a request never mixes two versions.
+  """
+
+  def __init__(self):
+    self._served: Served | None = None
+    self._lock = threading.Lock()
+
+  def current(self) -> Served | None:
+    with self._lock:
+      return self._served
+
+  def swap(self, model, version: int) -> Served:
+    import tensorflow as tf
+    forward = tf.function(lambda x: model(x, training=False),
+                          reduce_retracing=True)
+
+    def predict(x: np.ndarray, batch: int = 256) -> np.ndarray:
+      return np.concatenate([forward(tf.constant(x[i:i + batch])).numpy()
+                             for i in range(0, len(x), batch)])
+
+    predict(np.zeros((1, *model.input_shape[1:]), np.float32))  # trace once
+    served = Served(version, model, predict)
+    with self._lock:
+      self._served = served
+    return served
+
+
+class BackgroundServer:
+  """Runs an ASGI app with uvicorn in a background thread (tests, main job).
+
+  Args:
+    app: the ASGI application.
+    host: interface to bind.
+    port: port to bind; 0 picks a free one (see ``url`` after ``start``).
+    ssl_certfile, ssl_keyfile: optional TLS certificate and key.
+  """
+
+  def __init__(self, app, host: str = "127.0.0.1", port: int = 0, *,
+               ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+               log_level: str = "warning"):
+    import socket
+    import uvicorn
+    self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    self._sock.bind((host, port))
+    self.host, self.port = self._sock.getsockname()[:2]
+    scheme = "https" if ssl_certfile else "http"
+    self.url = f"{scheme}://{self.host}:{self.port}"
+    self.server = uvicorn.Server(uvicorn.Config(
+        app, log_level=log_level, ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=5))
+    self._thread: threading.Thread | None = None
+
+  def start(self, timeout: float = 30.0) -> "BackgroundServer":
+    import time
+    self._thread = threading.Thread(
+        target=self.server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+    self._thread.start()
+    deadline = time.monotonic() + timeout
+    while not self.server.started:
+      if time.monotonic() > deadline or not self._thread.is_alive():
+        raise RuntimeError(f"Server on {self.url} did not start.")
+      time.sleep(0.02)
+    return self
+
+  def stop(self) -> None:
+    self.server.should_exit = True
+    if self._thread:
+      self._thread.join(timeout=15)
+    self._sock.close()
