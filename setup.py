@@ -19,6 +19,10 @@ setuptools.setup(
         "numpy",
         "pandas",
         "absl-py",
+        "fastapi",
+        "uvicorn",
+        "httpx",
+        "pillow",
     ],
     extras_require={
         "test": ["pytest"],

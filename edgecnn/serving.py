@@ -298,3 +298,20 @@ class BackgroundServer:
     if self._thread:
       self._thread.join(timeout=15)
     self._sock.close()
+
+
+def run_until_signal(app, *, host: str, port: int,
+                     ssl_certfile: str | None = None,
+                     ssl_keyfile: str | None = None) -> None:
+  """Serves ``app`` in the foreground until SIGTERM or SIGINT, then returns.
+
+  uvicorn shuts down gracefully on those signals and then re-raises them to
+  the handlers that were installed before it started; no-op handlers here
+  turn that into a normal return, so callers can clean up and exit 0.
+  """
+  import signal
+  import uvicorn
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: None)
+  uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile,
+              ssl_keyfile=ssl_keyfile, log_level="info")
