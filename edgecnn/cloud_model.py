@@ -112,7 +112,8 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
     config: the training schedule.
     preset: "paper" or "compact".
     seed: seed of the split, initialisation and shuffling.
-    directory: where the model and its payloads are saved.
+    directory: where the model and its payloads are saved; a checkpoint
+      under <directory>/checkpoint lets a killed run resume.
     num_images: train on a seeded subset (for quick runs); None for all.
     kernel_initializer: see models.build_cloud_cnn.
     strategy: an optional tf.distribute strategy.
@@ -134,7 +135,8 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
     model = models.build_cloud_cnn(**build_args)
   result = train_lib.train_and_evaluate(
       model, dataset, split, config, seed=seed, strategy=strategy,
-      tensorboard_dir=tensorboard_dir, label=f"cloud_cnn[{info.name}]")
+      tensorboard_dir=tensorboard_dir, label=f"cloud_cnn[{info.name}]",
+      checkpoint_dir=str(pathlib.Path(directory) / "checkpoint"))
   save_cloud(model, build_args, directory, shared)
   save_dataset_info(directory, info)
   summary = dataclasses.asdict(result)

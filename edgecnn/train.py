@@ -26,8 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import math
+import os
+import pathlib
+import shutil
 import time
 
 import keras
@@ -111,11 +115,18 @@ class TrainResult:
 class _PaperSchedule(keras.callbacks.Callback):
   """LR cuts on plateau, the two stopping rules, warm-up, best weights."""
 
-  def __init__(self, config: TrainConfig, num_classes: int, label: str):
+  _STATE = ("lr", "best", "best_epoch", "wait", "lr_wait", "step",
+            "stop_reason", "history", "dead")
+
+  def __init__(self, config: TrainConfig, num_classes: int, label: str,
+               checkpoint_dir: str | None = None):
     super().__init__()
     self.config = config
     self.chance = 1.0 / num_classes
     self.label = label
+    self.checkpoint = pathlib.Path(checkpoint_dir) if checkpoint_dir else None
+    self.restored: dict | None = None
+    self.dead = False
 
   def on_train_begin(self, logs=None):
     self.lr = self.config.learning_rate
@@ -125,7 +136,48 @@ class _PaperSchedule(keras.callbacks.Callback):
     self.wait = self.lr_wait = self.step = 0
     self.stop_reason = "max_epochs"
     self.history = []
+    self.t0 = time.perf_counter()
+    self.elapsed_before = 0.0
+    if self.restored:
+      self.elapsed_before = self.restored.get("elapsed_s", 0.0)
+      for key in self._STATE:
+        setattr(self, key, self.restored[key])
+      self.best = tuple(self.best)
+      self.best_weights = self.restored["best_weights"]
     self._set_lr(self._warm(self.lr))
+
+  def restore(self, model: keras.Model) -> int:
+    """Loads the last checkpoint, if any; returns the epoch to resume at."""
+    state_path = self.checkpoint / "state.json" if self.checkpoint else None
+    if not state_path or not state_path.exists():
+      return 0
+    state = json.loads(state_path.read_text())
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(self.checkpoint / state["weights"])
+    with np.load(self.checkpoint / state["best_file"]) as z:
+      state["best_weights"] = [z[f"w{i}"] for i in range(len(z.files))] or None
+    self.restored = state
+    logger.info("%s: resuming from the checkpoint after epoch %d", self.label,
+                len(state["history"]))
+    return len(state["history"])
+
+  def _save_checkpoint(self, epoch: int) -> None:
+    """Weights, optimizer and schedule state; state.json is the commit."""
+    self.checkpoint.mkdir(parents=True, exist_ok=True)
+    weights, best = f"epoch{epoch}.weights.h5", f"best{epoch}.npz"
+    self.model.save_weights(self.checkpoint / weights)
+    np.savez(self.checkpoint / best, **{
+        f"w{i}": w for i, w in enumerate(self.best_weights or [])})
+    state = {key: getattr(self, key) for key in self._STATE}
+    state.update(weights=weights, best_file=best, elapsed_s=self.elapsed_before
+                 + time.perf_counter() - self.t0)
+    tmp = self.checkpoint / "state.json.tmp"
+    tmp.write_text(json.dumps(state, default=float))
+    os.replace(tmp, self.checkpoint / "state.json")
+    for old in self.checkpoint.iterdir():
+      if old.name not in (weights, best, "state.json") and \
+          old.name.startswith(("epoch", "best")):
+        old.unlink()
 
   def _warm(self, lr):
     if self.config.warmup_steps and self.step < self.config.warmup_steps:
@@ -145,6 +197,11 @@ class _PaperSchedule(keras.callbacks.Callback):
     self.model.stop_training = True
 
   def on_epoch_end(self, epoch, logs=None):
+    self._epoch_end(epoch, logs)
+    if self.checkpoint is not None:
+      self._save_checkpoint(epoch + 1)
+
+  def _epoch_end(self, epoch, logs=None):
     logs = logs or {}
     loss, acc = logs.get("loss", math.nan), logs.get("accuracy", 0.0)
     val_loss, val_acc = logs.get("val_loss", math.nan), logs.get("val_accuracy", 0.0)
@@ -236,6 +293,7 @@ def _fit_distributed(model, train_ds, val_ds, config: TrainConfig, strategy,
         tf.equal(tf.argmax(probs, -1), tf.cast(y, tf.int64)), tf.float32))
     return loss, correct, tf.cast(tf.shape(y)[0], tf.float32)
 
+  schedule.checkpoint = None  # resuming is for single-process runs
   schedule.set_model(model)
   model.stop_training = False
   schedule.on_train_begin()
@@ -280,7 +338,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
                        evaluate_test: bool = True,
                        tensorboard_dir: str | None = None,
                        label: str | None = None,
-                       strategy=None) -> TrainResult:
+                       strategy=None,
+                       checkpoint_dir: str | None = None) -> TrainResult:
   """Trains a model with the paper's schedule and evaluates it on test.
 
   Args:
@@ -296,6 +355,9 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     tensorboard_dir: if set, TensorBoard logs go there.
     label: name used in progress lines (defaults to the model name).
     strategy: an optional tf.distribute strategy the model was built under.
+    checkpoint_dir: if set, the run is checkpointed after every epoch and a
+      rerun with the same directory resumes where it stopped (removed when
+      training ends).
 
   Returns:
     A TrainResult.
@@ -332,15 +394,17 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   total_epochs = 0
   start = time.perf_counter()
   while True:
-    schedule = _PaperSchedule(config, info.num_classes, label)
-    schedule.dead = False
+    schedule = _PaperSchedule(config, info.num_classes, label,
+                              checkpoint_dir if restarts == 0 else None)
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
       _compile(model, config)
+    initial_epoch = schedule.restore(model) if checkpoint_dir else 0
     if _needs_custom_loop(strategy):
       _fit_distributed(model, train_ds, val_ds, config, strategy, schedule)
     else:
       model.fit(train_ds, validation_data=val_ds, shuffle=False,
                 epochs=config.max_epochs or 1_000_000, verbose=0,
+                initial_epoch=initial_epoch,
                 callbacks=[schedule] + callbacks_extra)
     total_epochs += len(schedule.history)
     if (schedule.stop_reason in ("dead", "diverged")
@@ -353,6 +417,10 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
       continue
     break
   wall = time.perf_counter() - start
+  if schedule.restored:
+    wall += schedule.restored.get("elapsed_s", 0.0)
+  if checkpoint_dir:
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
   if schedule.best_weights is not None:
     model.set_weights(schedule.best_weights)
   test = {"ten_crop": None, "center": None}

@@ -144,3 +144,40 @@ def test_reinitialize_touches_only_trainable_layers():
   train_lib.reinitialize(edge, seed=5)
   np.testing.assert_array_equal(frozen, edge.get_layer("block1_conv1").get_weights()[0])
   assert not np.array_equal(head, edge.get_layer("fc1").get_weights()[0])
+
+
+def test_checkpoint_resume_continues_where_a_killed_run_stopped(tmp_path):
+  ds = fake_dataset("mnist", n_train=60, n_test=10)
+  split = data_lib.subset_split(60, 60, seed=0)
+  ckpt = tmp_path / "ckpt"
+
+  class Kill(Exception):
+    pass
+
+  def killing_trainer(model, config, kill_after):
+    original = train_lib._PaperSchedule._save_checkpoint
+
+    def save_then_maybe_die(self, epoch):
+      original(self, epoch)
+      if epoch == kill_after:
+        raise Kill()
+    train_lib._PaperSchedule._save_checkpoint = save_then_maybe_die
+    try:
+      return train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                          checkpoint_dir=str(ckpt),
+                                          evaluate_test=False)
+    finally:
+      train_lib._PaperSchedule._save_checkpoint = original
+
+  config = train_lib.get_config("paper", max_epochs=5, batch_size=16)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  with pytest.raises(Kill):
+    killing_trainer(model, config, kill_after=3)
+  assert (ckpt / "state.json").exists()
+  resumed_model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=1)
+  result = train_lib.train_and_evaluate(resumed_model, ds, split, config,
+                                        seed=0, checkpoint_dir=str(ckpt),
+                                        evaluate_test=False)
+  assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
+  assert result.epochs == 5
+  assert not ckpt.exists()
