@@ -1,0 +1,89 @@
+r"""The project's main job: the whole framework on one machine, on loopback.
+
+Trains (or reuses) a CloudCNN, starts the cloud service and two edges
+(EdgeCNN-3 and EdgeCNN-10), initialises them from shared layers (Alg. 1),
+replays a stream of users uploading unlabelled training images through the
+edges' HTTP APIs, lets the quiet-network upload policy and retraining run
+(Alg. 2), and prints each edge's test accuracy per model version beside
+EdgeCNN0 at the same label count and CloudCNN. Rows go to
+results/main_job.csv (one per edge and model version).
+
+  python -m experiments.main_job            # Fashion-MNIST, compact preset
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+
+from absl import app
+from absl import flags
+
+from edgecnn import main_job
+
+DEFAULTS = main_job.MainJobConfig(workdir=pathlib.Path("workdir/main_job"),
+                                  results_csv=pathlib.Path("results/main_job.csv"))
+
+WORKDIR = flags.DEFINE_string("workdir", str(DEFAULTS.workdir),
+                              "Cached CloudCNN, edges' stores and models.")
+RESULTS_CSV = flags.DEFINE_string("results_csv", str(DEFAULTS.results_csv),
+                                  "Rows are appended here.")
+DATASET = flags.DEFINE_enum("dataset", DEFAULTS.dataset,
+                            ["mnist", "fashion_mnist", "cifar10"], "Dataset.")
+DATA_DIR = flags.DEFINE_string("data_dir", None, "See edgecnn.data.")
+PRESET = flags.DEFINE_enum("preset", DEFAULTS.preset, ["paper", "compact"],
+                           "CloudCNN preset.")
+CLOUD_DIR = flags.DEFINE_string(
+    "cloud_dir", None, "Use this trained CloudCNN (from train_cloud) instead "
+    "of training/caching one.")
+CLOUD_EPOCHS = flags.DEFINE_integer("cloud_epochs", DEFAULTS.cloud_epochs,
+                                    "Epochs of the cached CloudCNN.")
+CLOUD_NUM_IMAGES = flags.DEFINE_integer(
+    "cloud_num_images", None, "Train the cached CloudCNN on a subset (smoke "
+    "runs); default: the whole training set.")
+EDGES = flags.DEFINE_list("edges", [str(m) for m in DEFAULTS.edges],
+                          "m of each edge (one edge per value).")
+NUM_LABELLED = flags.DEFINE_integer("num_labelled", DEFAULTS.num_labelled,
+                                    "N, each edge's own labelled images.")
+STREAM = flags.DEFINE_integer("stream_per_edge", DEFAULTS.stream_per_edge,
+                              "Images users upload to each edge.")
+BURST = flags.DEFINE_integer("burst", DEFAULTS.burst, "Uploads per burst.")
+QUIET_GAP = flags.DEFINE_float("quiet_gap_s", DEFAULTS.quiet_gap_s,
+                               "Seconds of quiet between bursts.")
+THRESHOLD = flags.DEFINE_integer("retrain_threshold", DEFAULTS.retrain_threshold,
+                                 "M: new cloud labels per retrain.")
+EDGE_MAX_EPOCHS = flags.DEFINE_integer(
+    "edge_max_epochs", DEFAULTS.edge_max_epochs,
+    "Epoch cap of edge (re)training and of the EdgeCNN0 baselines.")
+TEST_IMAGES = flags.DEFINE_integer("test_images", DEFAULTS.test_images,
+                                   "Test images each version is evaluated on.")
+QUIET_BPS = flags.DEFINE_float(
+    "quiet_bytes_per_s", DEFAULTS.quiet_bytes_per_s,
+    "Edges upload to the cloud only while their traffic is below this.")
+SEED = flags.DEFINE_integer("seed", DEFAULTS.seed, "Seed.")
+FRESH = flags.DEFINE_bool("fresh", True, "Start the edges from scratch "
+                          "(the cached CloudCNN is kept).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+  cfg = main_job.MainJobConfig(
+      workdir=pathlib.Path(WORKDIR.value),
+      results_csv=pathlib.Path(RESULTS_CSV.value), dataset=DATASET.value,
+      data_dir=DATA_DIR.value, preset=PRESET.value,
+      cloud_dir=pathlib.Path(CLOUD_DIR.value) if CLOUD_DIR.value else None,
+      cloud_epochs=CLOUD_EPOCHS.value, cloud_num_images=CLOUD_NUM_IMAGES.value,
+      edges=tuple(int(m) for m in EDGES.value), num_labelled=NUM_LABELLED.value,
+      stream_per_edge=STREAM.value, burst=BURST.value,
+      quiet_gap_s=QUIET_GAP.value, retrain_threshold=THRESHOLD.value,
+      edge_max_epochs=EDGE_MAX_EPOCHS.value, test_images=TEST_IMAGES.value,
+      quiet_bytes_per_s=QUIET_BPS.value, seed=SEED.value, fresh=FRESH.value)
+  frame = main_job.run(cfg, say=lambda line: print(line, flush=True))
+  print("\n" + main_job.format_table(frame), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,34 @@
+"""The main job end to end on tiny fake data."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+
+from tests.conftest import write_mnist_like
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_main_job_runs_end_to_end(tmp_path):
+  write_mnist_like(tmp_path / "data" / "fashion-mnist", n_train=200, n_test=30)
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.main_job",
+       f"--data_dir={tmp_path / 'data'}", f"--workdir={tmp_path / 'w'}",
+       f"--results_csv={tmp_path / 'main_job.csv'}", "--cloud_epochs=1",
+       "--cloud_num_images=60", "--num_labelled=20", "--stream_per_edge=24",
+       "--burst=12", "--quiet_gap_s=1", "--retrain_threshold=12",
+       "--edge_max_epochs=1", "--test_images=20", "--edges=3,5",
+       "--quiet_bytes_per_s=1e12"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+  rows = pd.read_csv(tmp_path / "main_job.csv")
+  assert set(rows.edge_id) == {"edge-m3", "edge-m5"}
+  for _, group in rows.groupby("edge_id"):
+    assert group.model_version.tolist()[0] == 1
+    assert len(group) == 3  # v1 and two retrains after 12 labels each
+    assert group.num_cloud_labels.tolist() == [0, 12, 24]
+  assert rows.edgecnn0_test_accuracy_10crop.notna().all()
+  assert "model_version" in proc.stdout and "main job finished" in proc.stdout
