@@ -121,3 +121,20 @@ def test_help_documents_flags(module):
                          "--helpfull"], env=env, capture_output=True,
                         text=True, timeout=300)
   assert "--dataset" in proc.stdout and "--preset" in proc.stdout
+
+
+def test_throughput_rows(tmp_path):
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  csv = tmp_path / "t.csv"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.throughput", "--dataset=mnist",
+       "--presets=compact", "--shared=3", "--steps=1", "--repeats=1",
+       f"--results_csv={csv}"], env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = pd.read_csv(csv)
+  speed = rows[rows.metric == "train_images_per_s"]
+  assert sorted(speed.model) == ["CloudCNN", "EdgeCNN1-3"]
+  assert (speed.value > 0).all()
+  frozen = rows[(rows.metric == "frozen_params") & (rows.model == "EdgeCNN1-3")]
+  assert frozen.value.tolist() == [18816]
