@@ -11,6 +11,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["edgecnn", "edgecnn.*",
                                                "experiments"]),
+    package_data={"edgecnn": ["paper_values.csv"]},
     python_requires=">=3.11",
     install_requires=[
         "tensorflow>=2.16",
@@ -25,6 +26,7 @@ setuptools.setup(
         "pillow",
     ],
     extras_require={
-        "test": ["pytest"],
+        "figures": ["matplotlib", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "matplotlib", "nbformat", "nbclient", "ipykernel"],
     },
 )

@@ -1,0 +1,262 @@
+"""Figures and tables of the paper drawn from edgecnn's result CSVs, with the
+paper's own values beside ours. Used by experiments/plot_figures.py and by
+the notebooks in notebooks/ (which only call these functions).
+
+Nothing here trains or measures: every point comes from a CSV under a
+results directory (the long format of edgecnn.results, and main_job.csv).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import pathlib
+
+import numpy as np
+import pandas as pd
+
+MODEL_COLORS = {3: "tab:blue", 5: "tab:orange", 10: "tab:green"}
+DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
+                  "cifar10": "CIFAR-10"}
+
+
+def paper_values() -> pd.DataFrame:
+  """The numbers the paper states (Tables 2-3 and the text), as a frame."""
+  with importlib.resources.files("edgecnn").joinpath(
+      "paper_values.csv").open() as f:
+    return pd.read_csv(f, keep_default_na=False)
+
+
+def load(results_dir: str | os.PathLike, name: str) -> pd.DataFrame | None:
+  """results_dir/<name>.csv with numeric values, or None if absent."""
+  path = pathlib.Path(results_dir) / f"{name}.csv"
+  if not path.exists():
+    return None
+  frame = pd.read_csv(path, keep_default_na=False)
+  if "value" in frame:
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
+  for col in ("num_images", "num_shared", "seed"):
+    if col in frame:
+      frame[col] = pd.to_numeric(frame[col], errors="coerce")
+  return frame
+
+
+def accuracy_summary(edge: pd.DataFrame, dataset: str,
+                     metric: str = "test_accuracy_10crop") -> pd.DataFrame:
+  """Mean, std and count over seeds per (model, N) for one dataset."""
+  rows = edge[(edge.dataset == dataset) & (edge.metric == metric)]
+  if rows.empty:
+    return pd.DataFrame(columns=["model", "num_shared", "pretrained",
+                                 "num_images", "mean", "std", "n"])
+  grouped = rows.groupby(["model", "num_shared", "pretrained", "num_images"])
+  out = grouped["value"].agg(["mean", "std", "count"]).reset_index()
+  return out.rename(columns={"count": "n"})
+
+
+def _plt():
+  import sys
+  import matplotlib
+  if "ipykernel" not in sys.modules:  # notebooks keep their inline backend
+    matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_accuracy(results_dir, dataset: str, path=None):
+  """Accuracy vs number of training images, EdgeCNN0/1-m with the paper's
+  points (Tables 2-3, Figs. 7-9). One panel per m; error bars: std over
+  seeds."""
+  plt = _plt()
+  edge = load(results_dir, "edge_accuracy")
+  paper = paper_values()
+  paper = paper[(paper.dataset == dataset) &
+                (paper.metric == "test_accuracy_10crop")]
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+  summary = accuracy_summary(edge, dataset) if edge is not None else None
+  for ax, m in zip(axes, (3, 5, 10)):
+    for pretrained, style in ((True, "-"), (False, "--")):
+      label = f"EdgeCNN{int(pretrained)}-{m}"
+      if summary is not None:
+        ours = summary[summary.model == label].sort_values("num_images")
+        if not ours.empty:
+          ax.errorbar(ours.num_images, 100 * ours["mean"],
+                      yerr=100 * ours["std"].fillna(0), fmt="o" + style,
+                      color=MODEL_COLORS[m] if pretrained else "gray",
+                      capsize=3, label=f"{label} (ours, n={int(ours.n.max())})")
+      theirs = paper[paper.model == label].astype({"num_images": int})
+      theirs = theirs.sort_values("num_images")
+      if not theirs.empty:
+        ax.plot(theirs.num_images, 100 * theirs.value.astype(float),
+                "x" + style, color=MODEL_COLORS[m] if pretrained else "black",
+                alpha=0.6, label=f"{label} (paper)")
+    cloud = paper[paper.model == "CloudCNN"]
+    if not cloud.empty:
+      ax.axhline(100 * float(cloud.value.iloc[0]), color="purple", lw=0.8,
+                 ls=":", label="CloudCNN (paper)")
+    ax.set_xscale("log")
+    ax.set_title(f"{DATASET_TITLES.get(dataset, dataset)}: m = {m}")
+    ax.set_xlabel("number of training images N")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  axes[0].set_ylabel("top-1 test accuracy, 10-crop (%)")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_training_time(results_dir, path=None):
+  """Training time to the stopping rule, EdgeCNN0-m vs EdgeCNN1-m (Fig. 10)."""
+  plt = _plt()
+  frame = load(results_dir, "training_time")
+  fig, ax = plt.subplots(figsize=(8, 4))
+  if frame is None or frame.empty:
+    return _empty(fig, ax, "no training_time.csv yet", path)
+  rows = frame[frame.metric == "wall_time"]
+  stats = rows.groupby(["dataset", "model"])["value"].agg(
+      ["median", "min", "max"]).reset_index()
+  labels = [f"{DATASET_TITLES.get(d, d)}\n{m}" for d, m in
+            zip(stats.dataset, stats.model)]
+  colors = ["tab:blue" if m.startswith("EdgeCNN1") else "gray"
+            for m in stats.model]
+  ax.bar(range(len(stats)), stats["median"], color=colors,
+         yerr=[stats["median"] - stats["min"], stats["max"] - stats["median"]],
+         capsize=3)
+  ax.set_xticks(range(len(stats)), labels, fontsize=7)
+  ax.set_ylabel("training time to the stopping rule (s)")
+  ax.set_title("Fig. 10: training time, EdgeCNN1 (blue) vs EdgeCNN0 (grey); "
+               "median and range over seeds")
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_inference_time(results_dir, path=None):
+  """ms per image for EdgeCNN1-3/5/10 and CloudCNN (Fig. 11)."""
+  plt = _plt()
+  frame = load(results_dir, "inference_time")
+  fig, ax = plt.subplots(figsize=(8, 4))
+  if frame is None or frame.empty:
+    return _empty(fig, ax, "no inference_time.csv yet", path)
+  rows = frame[frame.metric == "inference_ms_per_image"]
+  rows = rows.groupby(["dataset", "preset", "model"])["value"].median().reset_index()
+  for i, ((dataset, preset), group) in enumerate(rows.groupby(["dataset",
+                                                               "preset"])):
+    order = sorted(group.model, key=lambda s: (s == "CloudCNN", s))
+    group = group.set_index("model").loc[order]
+    x = np.arange(len(order)) + i * (len(order) + 1)
+    ax.bar(x, group.value, label=f"{DATASET_TITLES.get(dataset, dataset)} "
+                                 f"({preset})")
+    for xi, name in zip(x, order):
+      ax.text(xi, 0, name, rotation=90, va="bottom", ha="center", fontsize=7)
+  ax.set_ylabel("inference time per image (ms)")
+  ax.set_title("Fig. 11: inference time (median over repeats)")
+  ax.set_xticks([])
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def plot_update_phase(results_dir, path=None):
+  """Each edge's test accuracy per model version over the upload stream,
+  beside EdgeCNN0 at the same label count and CloudCNN (main job)."""
+  plt = _plt()
+  frame = load(results_dir, "main_job")
+  fig, ax = plt.subplots(figsize=(8, 4))
+  if frame is None or frame.empty:
+    return _empty(fig, ax, "no main_job.csv yet", path)
+  for col in ("num_labels", "test_accuracy_10crop",
+              "edgecnn0_test_accuracy_10crop", "cloud_test_accuracy_10crop"):
+    frame[col] = pd.to_numeric(frame[col], errors="coerce")
+  last = frame[frame.timestamp == frame.timestamp.max()]
+  for edge_id, group in last.groupby("edge_id"):
+    group = group.sort_values("model_version")
+    deployed = group[group.deployed.astype(str) == "True"]
+    line, = ax.plot(deployed.num_labels, 100 * deployed.test_accuracy_10crop,
+                    "o-", label=f"{edge_id} EdgeCNN1 (deployed versions)")
+    ax.plot(group.num_labels, 100 * group.edgecnn0_test_accuracy_10crop, "x--",
+            color=line.get_color(), alpha=0.6, label=f"{edge_id} EdgeCNN0")
+    for _, r in deployed.iterrows():
+      ax.annotate(f"v{int(r.model_version)}",
+                  (r.num_labels, 100 * r.test_accuracy_10crop), fontsize=7)
+  ax.axhline(100 * last.cloud_test_accuracy_10crop.iloc[0], color="purple",
+             ls=":", label="CloudCNN")
+  ax.set_xlabel("labels used for training (N + cloud labels)")
+  ax.set_ylabel("test accuracy, 10-crop (%)")
+  ax.set_title("Update phase (Alg. 2): accuracy per model version")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
+def accuracy_table(results_dir, dataset: str) -> str:
+  """Tables 2-3 as Markdown: ours (mean +- std over seeds) beside the paper."""
+  edge = load(results_dir, "edge_accuracy")
+  paper = paper_values()
+  paper = paper[(paper.dataset == dataset) &
+                (paper.metric == "test_accuracy_10crop") &
+                (paper.model != "CloudCNN")].copy()
+  paper["num_images"] = paper.num_images.astype(int)
+  summary = accuracy_summary(edge, dataset) if edge is not None else \
+      accuracy_summary(pd.DataFrame(columns=["dataset", "metric"]), dataset)
+  ns = sorted(set(paper.num_images) | set(summary.num_images.astype(int)))
+  models = [f"EdgeCNN{p}-{m}" for m in (3, 5, 10) for p in (0, 1)]
+  lines = ["| model | " + " | ".join(str(n) for n in ns) + " |",
+           "|---|" + "---|" * len(ns)]
+  for model in models:
+    cells = []
+    for n in ns:
+      ours = summary[(summary.model == model) & (summary.num_images == n)]
+      theirs = paper[(paper.model == model) & (paper.num_images == n)]
+      text = ""
+      if not ours.empty:
+        r = ours.iloc[0]
+        std = 0.0 if pd.isna(r["std"]) else r["std"]
+        text = f"{100 * r['mean']:.2f}±{100 * std:.2f} (n={int(r.n)})"
+      if not theirs.empty:
+        text += f" [{100 * float(theirs.value.iloc[0]):.2f}]"
+      cells.append(text or "–")
+    lines.append(f"| {model} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n\nOurs: mean±std over seeds (n seeds); " \
+                            "[paper].\n"
+
+
+def _empty(fig, ax, message, path):
+  ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
+  ax.set_axis_off()
+  return _save(fig, path)
+
+
+def _save(fig, path):
+  if path is not None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+  return fig
+
+
+FIGURES = {
+    "accuracy_mnist": lambda d, p: plot_accuracy(d, "mnist", p),
+    "accuracy_fashion_mnist": lambda d, p: plot_accuracy(d, "fashion_mnist", p),
+    "accuracy_cifar10": lambda d, p: plot_accuracy(d, "cifar10", p),
+    "training_time": plot_training_time,
+    "inference_time": plot_inference_time,
+    "update_phase": plot_update_phase,
+}
+
+
+def render_all(results_dir, out_dir) -> list[pathlib.Path]:
+  """Writes every figure as PNG and the accuracy tables as Markdown."""
+  out_dir = pathlib.Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+  for name, draw in FIGURES.items():
+    path = out_dir / f"{name}.png"
+    draw(results_dir, path)
+    written.append(path)
+  tables = out_dir / "tables.md"
+  tables.write_text("".join(
+      f"## {DATASET_TITLES[d]}: top-1 test accuracy (%), 10-crop\n\n"
+      f"{accuracy_table(results_dir, d)}\n" for d in ("mnist", "fashion_mnist",
+                                                       "cifar10")))
+  written.append(tables)
+  return written

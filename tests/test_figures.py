@@ -1,0 +1,115 @@
+"""Notebooks and plot_figures on a small fixture set of CSVs in the real schema."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import nbformat
+import pandas as pd
+import pytest
+
+from edgecnn import figures
+from edgecnn import results
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("results")
+  common = {"device": "CPU", "threads": 2, "commit": "abc"}
+  edge = results.ResultLog(root / "edge_accuracy.csv",
+                           {"experiment": "edge_accuracy", **common})
+  for dataset in ("mnist", "fashion_mnist", "cifar10"):
+    for seed in (0, 1):
+      for n in (120, 1200):
+        for m in (3, 5, 10):
+          for pretrained in (True, False):
+            edge.append({"dataset": dataset, "preset": "compact",
+                         "model": f"EdgeCNN{int(pretrained)}-{m}",
+                         "num_shared": m, "pretrained": pretrained,
+                         "labels": "true", "num_images": n, "seed": seed},
+                        [("test_accuracy_10crop",
+                          0.6 + 0.1 * pretrained + n / 10000 + seed / 100,
+                          "fraction"), ("wall_time", 3.0, "s")])
+  tt = results.ResultLog(root / "training_time.csv",
+                         {"experiment": "training_time", **common})
+  it = results.ResultLog(root / "inference_time.csv",
+                         {"experiment": "inference_time", **common})
+  for m in (3, 10):
+    for pretrained in (True, False):
+      tt.append({"dataset": "mnist", "preset": "compact",
+                 "model": f"EdgeCNN{int(pretrained)}-{m}", "num_shared": m,
+                 "pretrained": pretrained, "labels": "true", "num_images": 100,
+                 "seed": 0}, [("wall_time", 10 - 5 * pretrained, "s")])
+  for name, ms in (("EdgeCNN1-3", 0.2), ("EdgeCNN1-10", 0.4), ("CloudCNN", 0.5)):
+    it.append({"dataset": "cifar10", "preset": "compact", "model": name,
+               "num_shared": 3, "pretrained": True, "labels": "",
+               "num_images": 2000, "seed": 0},
+              [("inference_ms_per_image", ms, "ms")])
+  pd.DataFrame([
+      {"edge_id": e, "num_shared": m, "model_version": v, "deployed": True,
+       "num_labels": 108 + 200 * (v - 1), "num_cloud_labels": 200 * (v - 1),
+       "wrong_cloud_labels": 10 * (v - 1), "val_accuracy": 0.7 + v / 100,
+       "test_accuracy_10crop": 0.7 + v / 50,
+       "test_accuracy_center": 0.69 + v / 50,
+       "edgecnn0_test_accuracy_10crop": 0.6 + v / 50,
+       "cloud_test_accuracy_10crop": 0.9, "train_time_s": 5.0,
+       "test_images": 2000, "dataset": "fashion_mnist", "preset": "compact",
+       "seed": 0, "commit": "abc", "timestamp": "2026-11-26T00:00:00+00:00"}
+      for e, m in (("edge-m3", 3), ("edge-m10", 10)) for v in (1, 2, 3)
+  ]).to_csv(root / "main_job.csv", index=False)
+  return root
+
+
+def test_stored_notebooks_have_no_outputs():
+  assert NOTEBOOKS
+  for path in NOTEBOOKS:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+      if cell.cell_type == "code":
+        assert not cell.outputs and cell.execution_count is None, path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_top_to_bottom_on_fixture(path, results_dir):
+  from nbclient import NotebookClient
+  nb = nbformat.read(path, as_version=4)
+  params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+  assert len(params) == 1
+  params[0].source = f"RESULTS_DIR = {str(results_dir)!r}"
+  NotebookClient(nb, timeout=300, kernel_name="python3",
+                 resources={"metadata": {"path": str(ROOT / "notebooks")}}
+                 ).execute()
+  images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if "image/png" in o.get("data", {})]
+  assert images, "the notebook drew nothing"
+
+
+def test_plot_command_writes_every_png(results_dir, tmp_path):
+  env = {**os.environ, "PYTHONPATH": str(ROOT)}
+  out = tmp_path / "figures"
+  subprocess.run([sys.executable, "-m", "experiments.plot_figures",
+                  f"--results_dir={results_dir}", f"--out_dir={out}"],
+                 check=True, env=env, capture_output=True, timeout=300)
+  for name in figures.FIGURES:
+    png = out / f"{name}.png"
+    assert png.exists() and png.stat().st_size > 5000, name
+  tables = (out / "tables.md").read_text()
+  assert "EdgeCNN1-3" in tables and "[83.12]" in tables  # paper, MNIST N=120
+  assert "±" in tables
+
+
+def test_accuracy_table_mean_and_std_over_seeds(results_dir):
+  table = figures.accuracy_table(results_dir, "mnist")
+  # EdgeCNN1-3 at N=120: 0.712 and 0.722 -> 71.70 +- 0.71, 2 seeds
+  assert "71.70±0.71 (n=2) [83.12]" in table
+
+
+def test_paper_values_inside_project():
+  paper = figures.paper_values()
+  row = paper[(paper.dataset == "fashion_mnist") & (paper.model == "EdgeCNN1-3")
+              & (paper.num_images == 120)]
+  assert float(row.value.iloc[0]) == pytest.approx(0.7577)
