@@ -18,10 +18,12 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 COLUMNS = ("experiment", "dataset", "preset", "model", "num_shared",
-           "pretrained", "labels", "num_images", "seed", "metric", "value",
-           "unit", "device", "threads", "commit", "timestamp")
+           "pretrained", "labels", "num_images", "seed", "condition", "metric",
+           "value", "unit", "device", "threads", "commit", "timestamp")
+# `condition` holds what else identifies a measurement, as k=v;k=v (for
+# example "link=lte;size_kb=512;emulation=proxy"); empty for most rows.
 KEY_COLUMNS = ("experiment", "dataset", "preset", "model", "num_shared",
-               "pretrained", "labels", "num_images", "seed")
+               "pretrained", "labels", "num_images", "seed", "condition")
 
 
 def git_commit(path: str | os.PathLike = ".") -> str:
@@ -72,6 +74,10 @@ class ResultLog:
       return pd.DataFrame(columns=list(COLUMNS))
     frame = pd.read_csv(self.path, dtype=str, keep_default_na=False,
                         on_bad_lines="skip")
+    if tuple(frame.columns) != COLUMNS:
+      raise ValueError(f"{self.path} has columns {list(frame.columns)}, not "
+                       f"this version's schema {list(COLUMNS)}; migrate it "
+                       "(edgecnn.results.migrate) or write to another file.")
     return frame[frame["timestamp"] != ""]
 
   def _keys(self) -> set[tuple[str, ...]]:
@@ -96,6 +102,8 @@ class ResultLog:
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     self.path.parent.mkdir(parents=True, exist_ok=True)
     new = not self.path.exists() or self.path.stat().st_size == 0
+    if not new:
+      self.read()  # refuses a file of another schema before appending
     buf = io.StringIO()
     frame.to_csv(buf, header=new, index=False)
     fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -117,3 +125,25 @@ def write_metadata(path: str | os.PathLike, values: Mapping[str, Any]) -> None:
   tmp.write_text(json.dumps(dict(values), indent=2, sort_keys=True,
                             default=str) + "\n")
   os.replace(tmp, path)
+
+
+def migrate(path: str | os.PathLike) -> bool:
+  """Rewrites a CSV of an older schema (missing columns become empty).
+
+  Returns:
+    Whether the file was rewritten.
+  """
+  path = pathlib.Path(path)
+  frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+  if tuple(frame.columns) == COLUMNS:
+    return False
+  unknown = set(frame.columns) - set(COLUMNS)
+  if unknown:
+    raise ValueError(f"{path} has columns {sorted(unknown)} this schema lacks.")
+  for col in COLUMNS:
+    if col not in frame:
+      frame[col] = ""
+  tmp = path.with_suffix(path.suffix + ".tmp")
+  frame[list(COLUMNS)].to_csv(tmp, index=False)
+  os.replace(tmp, path)
+  return True

@@ -206,6 +206,18 @@ def parse_predict_body(body: Any, *, input_shape: Sequence[int],
   return out
 
 
+def timing_headers(body_received_at: float, inference_s: float,
+                   server_s: float) -> dict[str, str]:
+  """Server-side timings a mobile client turns into upload, inference and
+  download times. Timestamps are time.monotonic(), which is one clock for
+  every process (and network namespace) on a machine."""
+  import time
+  return {"X-Body-Received-At": f"{body_received_at:.6f}",
+          "X-Inference-Ms": f"{1000 * inference_s:.3f}",
+          "X-Server-Ms": f"{1000 * server_s:.3f}",
+          "X-Sent-At": f"{time.monotonic():.6f}"}
+
+
 def model_status(versions: Sequence[tuple[int, str]]) -> dict:
   """TF Serving's GetModelStatus JSON for (version, state) pairs."""
   return {"model_version_status": [

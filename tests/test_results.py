@@ -33,7 +33,7 @@ def test_row_cut_short_by_a_kill_is_ignored(tmp_path):
   log = results.ResultLog(path, {"experiment": "e"})
   log.append(KEY, [("a", 1, "u")])
   with open(path, "a") as f:
-    f.write("e,mnist,compact,EdgeCNN1-3,3,True,cloud,240,0,a,1")
+    f.write("e,mnist,compact,EdgeCNN1-3,3,True,cloud,240,0,,a,1")
   fresh = results.ResultLog(path, {"experiment": "e"})
   assert len(fresh.read()) == 1
   assert not fresh.done({**KEY, "num_images": 240})
@@ -48,3 +48,18 @@ def test_write_metadata(tmp_path):
   results.write_metadata(tmp_path / "m" / "f.json", {"seed": 1, "n": None})
   assert json.loads((tmp_path / "m" / "f.json").read_text()) == {
       "n": None, "seed": 1}
+
+
+def test_old_schema_is_refused_then_migrated(tmp_path):
+  path = tmp_path / "old.csv"
+  old = [c for c in results.COLUMNS if c != "condition"]
+  pd.DataFrame([{c: "x" for c in old}]).to_csv(path, index=False)
+  log = results.ResultLog(path, {"experiment": "e"})
+  with pytest.raises(ValueError, match="migrate"):
+    log.append(KEY, [("a", 1, "u")])
+  assert results.migrate(path)
+  assert not results.migrate(path)
+  log = results.ResultLog(path, {"experiment": "e"})
+  log.append(KEY, [("a", 1, "u")])
+  frame = pd.read_csv(path, keep_default_na=False)
+  assert list(frame.columns) == list(results.COLUMNS) and len(frame) == 2

@@ -256,6 +256,38 @@ def create_app(runtime: CloudRuntime):
     runtime.stats["predictions"] += len(x)
     return {"predictions": served.predict(x).tolist()}
 
+  @app.post("/v1/classify")
+  async def classify(request: Request):
+    """A phone's raw JPEG/PNG body classified by CloudCNN (the "cloud
+    inference" scheme of Sec. 4.2), with server-side timing headers."""
+    if not authorized(request):
+      return unauthorized()
+    ctype = request.headers.get("content-type", "").split(";")[0].strip()
+    if ctype not in ("image/jpeg", "image/png", "application/octet-stream"):
+      raise serving.RequestError(f"Content-Type {ctype or 'missing'!r} is not "
+                                 "supported; send image/jpeg or image/png.", 415)
+    raw = await request.body()
+    received = time.monotonic()
+    if len(raw) > serving.MAX_IMAGE_BYTES:
+      raise serving.RequestError(f"Image of {len(raw)} bytes exceeds "
+                                 f"{serving.MAX_IMAGE_BYTES}.", 413)
+
+    def work():
+      tensor = serving.prepare_image(raw, runtime.info.image_shape)
+      x = serving.model_input(tensor[None], runtime.crop)
+      start = time.perf_counter()
+      probs = runtime.slot.current().predict(x)[0]
+      return probs, time.perf_counter() - start
+
+    from fastapi.concurrency import run_in_threadpool
+    probs, inference_s = await run_in_threadpool(work)
+    cls = int(probs.argmax())
+    return JSONResponse(
+        {"class": cls, "class_name": runtime.info.class_names[cls],
+         "probabilities": [float(p) for p in probs], "model_version": 1},
+        headers=serving.timing_headers(received, inference_s,
+                                       time.monotonic() - received))
+
   @app.get("/v1/models/{name}")
   def status(name: str, request: Request):
     if not authorized(request):

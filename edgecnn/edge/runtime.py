@@ -102,6 +102,7 @@ class EdgeConfig:
       at least the serving version's minus this (0: "not worse").
     train_config: schedule of initial training and retraining.
     model_seed: seed of the fresh head.
+    cloud_wait_s: how long start() waits for an unreachable cloud.
   """
   edge_id: str
   workdir: pathlib.Path
@@ -114,6 +115,7 @@ class EdgeConfig:
   train_config: train_lib.TrainConfig = dataclasses.field(
       default_factory=lambda: train_lib.get_config("paper", max_epochs=60))
   model_seed: int = 0
+  cloud_wait_s: float = 300.0
 
 
 class EdgeRuntime:
@@ -166,8 +168,9 @@ class EdgeRuntime:
     path = self.workdir / "shared_layers.bin"
     if path.is_file():
       return path.read_bytes()
-    data, meta = self.cloud.shared_layers(self.config.num_shared,
-                                          self.config.edge_id)
+    data, meta = self._cloud_call_with_retry(
+        lambda: self.cloud.shared_layers(self.config.num_shared,
+                                         self.config.edge_id))
     if meta.get("sha256") and models.payload_digest(data) != meta["sha256"]:
       raise models.PayloadError("Shared-layers payload does not match its "
                                 "X-Payload-SHA256 header; refusing it.")
@@ -183,6 +186,27 @@ class EdgeRuntime:
     tmp.replace(path)
     self.store.add_counter("bytes_from_cloud", len(data))
     return data
+
+  def _cloud_call_with_retry(self, call):
+    """Retries while the cloud is unreachable or answers 5xx (it may start
+    after the edge), up to ``cloud_wait_s``; client errors fail at once."""
+    import httpx
+    from edgecnn import client as client_lib
+    deadline = time.monotonic() + self.config.cloud_wait_s
+    delay = 0.5
+    while True:
+      try:
+        return call()
+      except (httpx.TransportError, client_lib.ServiceError) as e:
+        if isinstance(e, client_lib.ServiceError) and e.status < 500:
+          raise
+        if time.monotonic() + delay > deadline:
+          raise RuntimeError(f"The cloud is unreachable after "
+                             f"{self.config.cloud_wait_s:.0f} s: {e}") from e
+        logger.warning("edge %s: cloud not reachable (%s); retrying in %.1f s",
+                       self.config.edge_id, e, delay)
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
   def _build(self) -> "keras.Model":  # noqa: F821
     return models.build_edge_cnn_from_payload(
@@ -258,10 +282,16 @@ class EdgeRuntime:
                                  "initialising.", 503)
     return served.predict(x), served.version
 
-  def classify_upload(self, raw: bytes) -> dict:
-    """Pre-processes an upload, stores it durably, then answers (Alg. 2)."""
+  def classify_upload(self, raw: bytes, timings: dict | None = None) -> dict:
+    """Pre-processes an upload, stores it durably, then answers (Alg. 2).
+
+    ``timings``, if given, receives the model's inference time in seconds.
+    """
     tensor = serving.prepare_image(raw, self.info.image_shape)
+    start = time.perf_counter()
     probs, version = self.predict(serving.model_input(tensor[None], self.crop))
+    if timings is not None:
+      timings["inference_s"] = time.perf_counter() - start
     object_id = store_lib.new_object_id()
     self.store.add_object(object_id, tensor, len(raw), int(probs[0].argmax()),
                           version)

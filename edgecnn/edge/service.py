@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -86,7 +87,11 @@ def create_app(edge: runtime_lib.EdgeRuntime):
                                  f"supported; send one of {list(IMAGE_TYPES)} "
                                  "with the raw image bytes.", 415)
     raw = await read_body(request, MAX_UPLOAD_BYTES)
-    return await run_in_threadpool(edge.classify_upload, raw)
+    received = time.monotonic()
+    timings: dict = {}
+    answer = await run_in_threadpool(edge.classify_upload, raw, timings)
+    return JSONResponse(answer, headers=serving.timing_headers(
+        received, timings["inference_s"], time.monotonic() - received))
 
   @app.post(f"/v1/models/{{model}}:predict")
   async def predict(model: str, request: Request):

@@ -1,0 +1,232 @@
+r"""Response time, mobile -> edge vs mobile -> cloud, over emulated LTE or WiFi
+(Sec. 4.2, Figs. 4-6).
+
+Starts the cloud service (CloudCNN) and an edge service (EdgeCNN1-3,
+initialised from the cloud over HTTP) as separate processes, joins them to a
+phone through emulated links, and times --repeats uploads of images of each
+size in --sizes_kb to both. Rows (median and half-range per target, size and
+time) go to results/response_time.csv; `condition` holds the link, size,
+emulation and image format.
+
+Emulation (--emulation): `netns` puts phone, edge and cloud in Linux network
+namespaces joined by veth pairs shaped in the kernel (needs root and
+iproute2; netem for delays, tbf for rate-only links); `proxy` runs everything
+on loopback and shapes with a token-bucket TCP proxy; `auto` (default) uses
+netns where the kernel can shape the requested links, else the proxy.
+
+  python -m experiments.response_time --link=lte --cloud_dir=workdir/cloud/...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import secrets
+import socket
+import subprocess
+import sys
+
+from absl import app
+from absl import flags
+
+from experiments import common
+from edgecnn import cloud_model
+from edgecnn import netem
+from edgecnn import response_time as rt
+
+LINK = flags.DEFINE_enum("link", "lte", ["lte", "wifi"], "Phone's radio link.")
+EMULATION = flags.DEFINE_enum("emulation", "auto", ["auto", "netns", "proxy"],
+                              "How the links are emulated (see module doc).")
+SIZES = flags.DEFINE_list("sizes_kb", ["20", "60", "128", "256", "512", "1024"],
+                          "Image sizes to upload, in KB (1 KB = 1000 bytes).")
+REPEATS = flags.DEFINE_integer("repeats", 5, "Timed uploads per size and target.")
+IMAGE_FORMAT = flags.DEFINE_enum("image_format", "png", ["png", "jpeg"],
+                                 "Format of the uploaded images.")
+EDGE_DELAY = flags.DEFINE_float("edge_delay_ms", 5.0,
+                                "One-way delay phone <-> edge (one hop).")
+CORE_DELAY = flags.DEFINE_float("core_delay_ms", 30.0,
+                                "Extra one-way delay of the core network.")
+CORE_RATE = flags.DEFINE_float("core_kb_per_s", 450.0,
+                               "Core-network throughput to the cloud, KB/s.")
+LTE_UP = flags.DEFINE_float("lte_up_kb_per_s", 1000.0, "LTE uplink (paper).")
+LTE_DOWN = flags.DEFINE_float("lte_down_kb_per_s", 1360.0, "LTE downlink (paper).")
+WIFI = flags.DEFINE_float("wifi_kb_per_s", 9000.0, "WiFi, both ways (paper).")
+NUM_SHARED = flags.DEFINE_integer("num_shared", 3, "m of the edge's EdgeCNN.")
+NUM_LABELLED = flags.DEFINE_integer("num_labelled", 120,
+                                    "Labelled images of the edge's Alg. 1.")
+EDGE_EPOCHS = flags.DEFINE_integer(
+    "edge_max_epochs", 5, "Epochs of the edge's initial training (its "
+    "accuracy does not change the timings).")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _service(prefix, module, *args, log):
+  root = pathlib.Path(__file__).resolve().parent.parent
+  env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+  return subprocess.Popen([*prefix, sys.executable, "-m", module, *args],
+                          env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+HEALTH_SCRIPT = """
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=2)
+c.request("GET", "/healthz")
+sys.exit(0 if json.loads(c.getresponse().read()).get("status") == "ok" else 1)
+"""
+
+
+def _wait_for(procs, targets, prefix, log_path, timeout=900):
+  """Waits until every (host, port) answers /healthz from the phone's side;
+  fails at once, with the services' log, if a service process died."""
+  import time
+  deadline = time.monotonic() + timeout
+  pending = list(targets)
+  while pending:
+    for p in procs:
+      if p.poll() is not None:
+        raise RuntimeError(f"a service exited with {p.returncode}:\n"
+                           f"{pathlib.Path(log_path).read_text()[-3000:]}")
+    host, port = pending[0]
+    ok = subprocess.run([*prefix, sys.executable, "-c", HEALTH_SCRIPT, host,
+                         str(port)], capture_output=True).returncode == 0
+    if ok:
+      pending.pop(0)
+    elif time.monotonic() > deadline:
+      raise TimeoutError(f"{host}:{port} did not become healthy")
+    else:
+      time.sleep(1)
+
+
+def main(argv):
+  common.reject_args(argv)
+  common.setup_logging()
+  dataset_name = common.DATASET.value
+  cloud_dir = common.cloud_directory(dataset_name)
+  if not cloud_model.is_trained(cloud_dir):
+    raise app.UsageError(f"No trained CloudCNN in {cloud_dir}; run "
+                         "experiments.train_cloud or pass --cloud_dir.")
+  info = cloud_model.load_dataset_info(cloud_dir)
+  sizes = [float(s) for s in SIZES.value]
+  links = rt.make_links(
+      LINK.value, edge_delay_s=EDGE_DELAY.value / 1000,
+      core_delay_s=CORE_DELAY.value / 1000,
+      core_bytes_per_s=CORE_RATE.value * rt.KB, lte_up=LTE_UP.value * rt.KB,
+      lte_down=LTE_DOWN.value * rt.KB, wifi=WIFI.value * rt.KB)
+  mode = EMULATION.value
+  netns_ok, why = netem.netns_available()
+  needs_delay = links.edge.delay_s > 0 or links.cloud.delay_s > 0
+  if mode == "auto":
+    mode = "netns" if netns_ok and (netem.netem_available() or not needs_delay) \
+        else "proxy"
+    logging.info("emulation: %s%s", mode, "" if mode == "netns" else
+                 f" (kernel shaping: {why or 'no netem for the delays'})")
+  elif mode == "netns" and not netns_ok:
+    raise app.UsageError(f"--emulation=netns is unavailable here: {why}.")
+
+  log = common.result_log("response_time")
+  conditions = {kb: f"link={LINK.value};size_kb={kb:g};emulation={mode};"
+                    f"image={IMAGE_FORMAT.value}" for kb in sizes}
+  model_names = {"edge": f"EdgeCNN1-{NUM_SHARED.value}", "cloud": "CloudCNN"}
+  base = {"dataset": dataset_name, "preset": common.PRESET.value, "labels": "",
+          "num_images": REPEATS.value, "seed": common.CLOUD_SEED.value}
+  keys = {(t, kb): {**base, "model": model_names[t],
+                    "num_shared": NUM_SHARED.value if t == "edge" else 15,
+                    "pretrained": t == "edge", "condition": conditions[kb]}
+          for t in ("edge", "cloud") for kb in sizes}
+  if all(log.done(k) for k in keys.values()):
+    logging.info("%s already has these rows.", log.path)
+    return
+  common.save_flags(log, f"{LINK.value}-{mode}")
+
+  work = pathlib.Path(common.WORKDIR.value) / "response_time" / f"{LINK.value}-{mode}"
+  work.mkdir(parents=True, exist_ok=True)
+  token = secrets.token_urlsafe(16)
+  procs = []
+  topo = None
+  service_log = open(work / "services.log", "a")
+  try:
+    if mode == "netns":
+      topo = netem.NetnsTopology(links.edge, links.cloud).__enter__()
+      cloud_prefix, edge_prefix = topo.exec_prefix("cloud"), topo.exec_prefix("edge")
+      cloud_bind, edge_bind, cport, eport = "0.0.0.0", "0.0.0.0", 8500, 8501
+      cloud_for_edge = topo.address("cloud", "edge")
+    else:
+      cloud_prefix = edge_prefix = []
+      cloud_bind = edge_bind = cloud_for_edge = "127.0.0.1"
+      cport, eport = _free_port(), _free_port()
+    procs.append(_service(
+        cloud_prefix, "edgecnn.cloud", f"--cloud_dir={cloud_dir}",
+        f"--workdir={work / 'cloud'}", f"--host={cloud_bind}", f"--port={cport}",
+        f"--token={token}", log=service_log))
+    procs.append(_service(
+        edge_prefix, "edgecnn.edge", "--edge_id=phone-edge",
+        f"--cloud_url=http://{cloud_for_edge}:{cport}", f"--cloud_token={token}",
+        f"--num_shared={NUM_SHARED.value}", f"--dataset={dataset_name}",
+        f"--num_labelled={NUM_LABELLED.value}",
+        *([f"--data_dir={common.DATA_DIR.value}"] if common.DATA_DIR.value else []),
+        f"--workdir={work / 'edge'}", f"--max_epochs={EDGE_EPOCHS.value}",
+        f"--host={edge_bind}", f"--port={eport}", "--quiet_bytes_per_s=0",
+        log=service_log))
+    spec = {"sizes_kb": sizes, "repeats": REPEATS.value,
+            "fmt": IMAGE_FORMAT.value, "channels": info.image_shape[2]}
+    if mode == "netns":
+      spec["targets"] = {
+          "edge": {"host": topo.address("edge", "phone"), "port": eport,
+                   "path": "/v1/classify"},
+          "cloud": {"host": topo.address("cloud", "phone"), "port": cport,
+                    "path": "/v1/classify", "token": token}}
+      logging.info("phone in its namespace; waiting for the services")
+      _wait_for(procs, [(t["host"], t["port"]) for t in spec["targets"].values()],
+                topo.exec_prefix("phone"), work / "services.log")
+      samples = rt.run_in_namespace(topo.exec_prefix("phone"), spec)
+    else:
+      _wait_for(procs, [("127.0.0.1", cport), ("127.0.0.1", eport)], [],
+                work / "services.log")
+      proxies = [netem.ShapingProxy(("127.0.0.1", eport), links.edge).start(),
+                 netem.ShapingProxy(("127.0.0.1", cport), links.cloud).start()]
+      try:
+        spec["targets"] = {
+            "edge": {"host": "127.0.0.1", "port": proxies[0].port,
+                     "path": "/v1/classify"},
+            "cloud": {"host": "127.0.0.1", "port": proxies[1].port,
+                      "path": "/v1/classify", "token": token}}
+        samples = rt.run_phone(spec["targets"], sizes, REPEATS.value,
+                               fmt=IMAGE_FORMAT.value,
+                               channels=info.image_shape[2])
+      finally:
+        for p in proxies:
+          p.stop()
+  finally:
+    for p in procs:
+      p.terminate()
+    for p in procs:
+      try:
+        p.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        p.kill()
+    if topo is not None:
+      topo.close()
+    service_log.close()
+
+  for row in rt.summarise(samples):
+    key = keys[(row["target"], row["size_kb"])]
+    log.append(key, [(f"{row['metric']}_median", row["median"], "s"),
+                     (f"{row['metric']}_spread", row["spread"], "s"),
+                     ("image_bytes", row["bytes"], "bytes")])
+  for kb in sizes:
+    e = [r for r in rt.summarise(samples) if r["size_kb"] == kb and
+         r["metric"] == "response_time"]
+    by = {r["target"]: r["median"] for r in e}
+    logging.info("%s %g KB: response edge %.3f s, cloud %.3f s (%+.1f%%)",
+                 LINK.value, kb, by["edge"], by["cloud"],
+                 100 * (by["edge"] - by["cloud"]) / by["cloud"])
+
+
+if __name__ == "__main__":
+  app.run(main)

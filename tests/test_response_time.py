@@ -1,0 +1,84 @@
+"""The response-time experiment's quick setting, end to end."""
+
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from edgecnn import cloud_model
+from edgecnn import data as data_lib
+from edgecnn import models
+from edgecnn import netem
+from edgecnn import response_time as rt
+from tests.conftest import write_mnist_like
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_links_and_images():
+  lte = rt.make_links("lte")
+  assert lte.edge.up_bytes_per_s == 1_000_000
+  assert lte.cloud.up_bytes_per_s == 450_000
+  assert lte.cloud.delay_s == pytest.approx(0.035)
+  for kb in (20, 60, 512):
+    assert len(rt.make_image(kb * 1000)) == pytest.approx(kb * 1000, rel=0.05)
+  with pytest.raises(ValueError, match="lte"):
+    rt.make_links("5g")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("rt")
+  write_mnist_like(root / "data" / "fashion-mnist", n_train=60, n_test=10)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
+                                 "preset": "compact", "seed": 0},
+                         root / "cloud", shared=(3,))
+  cloud_model.save_dataset_info(root / "cloud",
+                                data_lib.dataset_info("fashion_mnist"))
+  (root / "cloud" / "train_result.json").write_text("{}")
+  return root
+
+
+def _run(root, *extra):
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  csv = root / "rt.csv"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.response_time",
+       f"--cloud_dir={root / 'cloud'}", f"--data_dir={root / 'data'}",
+       f"--workdir={root / 'w'}", f"--results_csv={csv}", "--sizes_kb=20,100",
+       "--repeats=2", "--edge_max_epochs=1", "--num_labelled=40", *extra],
+      cwd=root, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return pd.read_csv(csv, keep_default_na=False)
+
+
+def test_quick_run_proxy(setup):
+  rows = _run(setup, "--emulation=proxy", "--link=lte")
+  rt_rows = rows[rows.metric == "response_time_median"]
+  assert sorted(set(rt_rows.model)) == ["CloudCNN", "EdgeCNN1-3"]
+  assert len(rt_rows) == 4
+  assert rt_rows.condition.str.contains("emulation=proxy").all()
+  up = rows[rows.metric == "upload_time_median"].set_index(["model", "condition"])
+  # 100 KB up the LTE link to the edge takes about 0.1 s; to the cloud
+  # (450 KB/s core) about 0.22 s plus delays.
+  edge = up.loc[("EdgeCNN1-3", "link=lte;size_kb=100;emulation=proxy;image=png")]
+  cloud = up.loc[("CloudCNN", "link=lte;size_kb=100;emulation=proxy;image=png")]
+  assert 0.08 < edge.value < 0.2 and 0.2 < cloud.value < 0.4
+
+
+@pytest.mark.skipif(not netem.netns_available()[0], reason="no network namespaces")
+def test_quick_run_netns_without_delays_and_no_namespace_left(setup):
+  import subprocess as sp
+  before = sp.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+  rows = _run(setup, "--emulation=netns", "--link=wifi", "--edge_delay_ms=0",
+              "--core_delay_ms=0")
+  assert rows.condition.str.contains("emulation=netns").all()
+  up = rows[rows.metric == "upload_time_median"]
+  assert (up.value > 0).all()
+  after = sp.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+  ours = lambda text: {l.split()[0] for l in text.splitlines()
+                       if l.startswith(("ecphone", "ecedge", "eccloud"))}
+  assert ours(after) <= ours(before)  # the run left no namespace behind
