@@ -112,8 +112,10 @@ def prepare_image(raw: bytes, image_shape: Sequence[int]) -> np.ndarray:
       array = np.asarray(img, np.uint8)
   except RequestError:
     raise
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-          Image.DecompressionBombError) as e:
+  except Image.DecompressionBombError as e:
+    raise RequestError(f"Image header claims too many pixels ({e}); refused "
+                       "before decoding.", status=413) from e
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     raise RequestError(f"Could not decode the image ({type(e).__name__}: "
                        f"{e}); send a complete JPEG or PNG file.") from e
   return array.reshape(image_shape)
@@ -327,3 +329,38 @@ def run_until_signal(app, *, host: str, port: int,
     signal.signal(sig, lambda *_: None)
   uvicorn.run(app, host=host, port=port, ssl_certfile=ssl_certfile,
               ssl_keyfile=ssl_keyfile, log_level="info")
+
+
+def install_error_handlers(app) -> None:
+  """Every error a service returns is JSON {"error": "..."} (TF Serving's
+  shape), including unknown routes (404), wrong methods (405) and
+  parameters of the wrong type (400), and no exception escapes as a bare 500."""
+  from fastapi.exceptions import RequestValidationError
+  from fastapi.responses import JSONResponse
+  from starlette.exceptions import HTTPException
+
+  @app.exception_handler(RequestError)
+  async def _request_error(_, exc: RequestError):
+    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+  @app.exception_handler(HTTPException)
+  async def _http_error(request, exc: HTTPException):
+    message = {404: f"No such endpoint: {request.method} {request.url.path}.",
+               405: f"{request.method} is not allowed on {request.url.path}."
+               }.get(exc.status_code, str(exc.detail))
+    return JSONResponse({"error": message}, status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+  @app.exception_handler(RequestValidationError)
+  async def _validation_error(_, exc: RequestValidationError):
+    parts = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+             for e in exc.errors()]
+    return JSONResponse({"error": "Invalid request: " + "; ".join(parts)},
+                        status_code=400)
+
+  @app.exception_handler(Exception)
+  async def _unexpected(_, exc: Exception):
+    import logging
+    logging.getLogger("edgecnn").exception("unexpected error")
+    return JSONResponse({"error": f"Internal error: {type(exc).__name__}."},
+                        status_code=500)

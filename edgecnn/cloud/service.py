@@ -178,9 +178,7 @@ def create_app(runtime: CloudRuntime):
   app = FastAPI(title="edgecnn cloud", version="1",
                 description="CloudCNN: shared layers, labels, predictions.")
 
-  @app.exception_handler(serving.RequestError)
-  async def _request_error(_, exc: serving.RequestError):
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+  serving.install_error_handlers(app)
 
   def unauthorized():
     return JSONResponse({"error": "Missing or wrong bearer token; send "

@@ -38,9 +38,7 @@ def create_app(edge: runtime_lib.EdgeRuntime):
                 description="EdgeCNN serving, uploads and Alg. 2 updates.")
   name = runtime_lib.MODEL_NAME
 
-  @app.exception_handler(serving.RequestError)
-  async def _request_error(_, exc: serving.RequestError):
-    return JSONResponse({"error": str(exc)}, status_code=exc.status)
+  serving.install_error_handlers(app)
 
   def unauthorized():
     return JSONResponse({"error": "Admin endpoints need 'Authorization: "
@@ -68,7 +66,8 @@ def create_app(edge: runtime_lib.EdgeRuntime):
       label = model + (f" version {version}" if version else "")
       return JSONResponse({"error": f"Servable not found for request: {label};"
                                     f" this edge serves {name!r} versions "
-                                    f"{sorted(versions, key=int)}."}, 404)
+                                    f"{sorted(int(v) for v in versions)}."},
+                          404)
     if served is None:
       return JSONResponse({"error": "The edge is still initialising."}, 503)
     return None
