@@ -103,6 +103,8 @@ class EdgeConfig:
     train_config: schedule of initial training and retraining.
     model_seed: seed of the fresh head.
     cloud_wait_s: how long start() waits for an unreachable cloud.
+    max_objects: storage quota; uploads beyond it are refused (507) while
+      prediction goes on, until objects are compacted.
   """
   edge_id: str
   workdir: pathlib.Path
@@ -116,6 +118,7 @@ class EdgeConfig:
       default_factory=lambda: train_lib.get_config("paper", max_epochs=60))
   model_seed: int = 0
   cloud_wait_s: float = 300.0
+  max_objects: int | None = None
 
 
 class EdgeRuntime:
@@ -287,6 +290,13 @@ class EdgeRuntime:
 
     ``timings``, if given, receives the model's inference time in seconds.
     """
+    quota = self.config.max_objects
+    if quota is not None and self.store.count_all() >= quota:
+      raise serving.RequestError(
+          f"Storage quota of {quota} objects reached; uploads are refused "
+          "until objects used by a deployed version are compacted (POST "
+          "/v1/admin/compact). Prediction without storing still works "
+          "(/v1/models/edgecnn:predict).", 507)
     tensor = serving.prepare_image(raw, self.info.image_shape)
     start = time.perf_counter()
     probs, version = self.predict(serving.model_input(tensor[None], self.crop))
@@ -330,7 +340,7 @@ class EdgeRuntime:
       self._next_upload = time.monotonic() + self._backoff
       self.last_upload_error = f"{type(e).__name__}: {e}"
       logger.warning("edge %s: upload of %d objects failed (%s); retry in "
-                     "%.0f s", self.config.edge_id, len(ids),
+                     "%.1f s", self.config.edge_id, len(ids),
                      self.last_upload_error, self._backoff)
       return {"sent": 0, "reason": self.last_upload_error}
     self._backoff = 0.0
@@ -439,6 +449,8 @@ class EdgeRuntime:
         "bytes_from_users": int(counters.get("bytes_from_users", 0)),
         "bytes_to_cloud": int(counters.get("bytes_to_cloud", 0)),
         "bytes_from_cloud": int(counters.get("bytes_from_cloud", 0)),
+        "stored_objects": self.store.count_all(),
+        "max_objects": self.config.max_objects,
         "last_error": self.last_error,
         "last_upload_error": self.last_upload_error,
     }

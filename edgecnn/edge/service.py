@@ -11,6 +11,8 @@
   GET  /v1/objects/{id}                   one object's state
   POST /v1/admin/upload                   force an upload batch (token)
   POST /v1/admin/retrain                  force a retrain (token)
+  POST /v1/admin/compact                  delete objects already used by a
+                                          deployed version (token)
 """
 
 from __future__ import annotations
@@ -153,5 +155,12 @@ def create_app(edge: runtime_lib.EdgeRuntime):
                                  edge.admin_token):
       return unauthorized()
     return await run_in_threadpool(edge.retrain)
+
+  @app.post("/v1/admin/compact")
+  async def admin_compact(request: Request):
+    if not serving.token_matches(request.headers.get("authorization"),
+                                 edge.admin_token):
+      return unauthorized()
+    return {"deleted": await run_in_threadpool(edge.store.compact_used)}
 
   return app

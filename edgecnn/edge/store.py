@@ -179,6 +179,25 @@ class Store:
           "SELECT state, COUNT(*) FROM objects GROUP BY state").fetchall())
     return {s: int(rows.get(s, 0)) for s in STATES}
 
+  def count_all(self) -> int:
+    with self._lock:
+      return int(self._db.execute("SELECT COUNT(*) FROM objects").fetchone()[0])
+
+  def compact_used(self) -> int:
+    """Deletes objects already used by a deployed model version.
+
+    They no longer count against the quota, and later retrains no longer see
+    them (the versions that used them keep what they learnt).
+
+    Returns:
+      The number of objects deleted.
+    """
+    with self._tx() as db:
+      n = db.execute("DELETE FROM objects WHERE state='used'").rowcount
+    with self._lock:
+      self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return int(n)
+
   def object_state(self, object_id: str) -> dict | None:
     with self._lock:
       row = self._db.execute(
