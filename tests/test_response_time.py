@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
 
 def _run(root, *extra):
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  csv = root / "rt.csv"
+  csv = root / f"rt-{len(list(root.glob('rt-*.csv')))}.csv"  # one per run
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.response_time",
        f"--cloud_dir={root / 'cloud'}", f"--data_dir={root / 'data'}",
