@@ -364,3 +364,19 @@ def install_error_handlers(app) -> None:
     logging.getLogger("edgecnn").exception("unexpected error")
     return JSONResponse({"error": f"Internal error: {type(exc).__name__}."},
                         status_code=500)
+
+
+# OpenAPI descriptions of the raw bodies the endpoints read themselves, so the
+# schema (and fuzzers driven by it) know what to send.
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "instances": {"type": "array", "items": {}},
+        "inputs": {}}}}}}}
+IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}}
+LABEL_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "properties": {
+        "edge": {"type": "string"},
+        "objects": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": "string"}, "b64": {"type": "string"}}}}}}}}}}

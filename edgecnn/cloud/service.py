@@ -231,7 +231,7 @@ def create_app(runtime: CloudRuntime):
         "X-Cloud-Model-Hash": runtime.model_hash,
         "X-Payload-SHA256": models.payload_digest(data)})
 
-  @app.post("/v1/label")
+  @app.post("/v1/label", openapi_extra=serving.LABEL_BODY)
   async def label(request: Request):
     if not authorized(request):
       return unauthorized()
@@ -241,7 +241,7 @@ def create_app(runtime: CloudRuntime):
     logger.info("labelled %d objects for edge %s", len(labels), edge)
     return {"labels": labels, "model_hash": runtime.model_hash}
 
-  @app.post("/v1/models/{name}:predict")
+  @app.post("/v1/models/{name}:predict", openapi_extra=serving.PREDICT_BODY)
   async def predict(name: str, request: Request):
     if not authorized(request):
       return unauthorized()
@@ -254,7 +254,7 @@ def create_app(runtime: CloudRuntime):
     runtime.stats["predictions"] += len(x)
     return {"predictions": served.predict(x).tolist()}
 
-  @app.post("/v1/classify")
+  @app.post("/v1/classify", openapi_extra=serving.IMAGE_BODY)
   async def classify(request: Request):
     """A phone's raw JPEG/PNG body classified by CloudCNN (the "cloud
     inference" scheme of Sec. 4.2), with server-side timing headers."""

@@ -80,7 +80,7 @@ def create_app(edge: runtime_lib.EdgeRuntime):
     return {"status": "ok" if served else "initialising",
             "serving_version": served.version if served else None}
 
-  @app.post("/v1/classify")
+  @app.post("/v1/classify", openapi_extra=serving.IMAGE_BODY)
   async def classify(request: Request):
     ctype = request.headers.get("content-type", "").split(";")[0].strip()
     if ctype not in IMAGE_TYPES:
@@ -94,7 +94,7 @@ def create_app(edge: runtime_lib.EdgeRuntime):
     return JSONResponse(answer, headers=serving.timing_headers(
         received, timings["inference_s"], time.monotonic() - received))
 
-  @app.post(f"/v1/models/{{model}}:predict")
+  @app.post(f"/v1/models/{{model}}:predict", openapi_extra=serving.PREDICT_BODY)
   async def predict(model: str, request: Request):
     if (missing := check_model(model)) is not None:
       return missing
