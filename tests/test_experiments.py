@@ -114,7 +114,8 @@ def test_stray_arguments_are_rejected(workspace):
 
 @pytest.mark.parametrize("module", ["train_cloud", "edge_accuracy",
                                     "training_time", "inference_time",
-                                    "export_saved_model"])
+                                    "export_saved_model", "crop_protocols",
+                                    "throughput", "response_time"])
 def test_help_documents_flags(module):
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
   proc = subprocess.run([sys.executable, "-m", f"experiments.{module}",
@@ -138,3 +139,13 @@ def test_throughput_rows(tmp_path):
   assert (speed.value > 0).all()
   frozen = rows[(rows.metric == "frozen_params") & (rows.model == "EdgeCNN1-3")]
   assert frozen.value.tolist() == [18816]
+
+
+def test_crop_protocols_rows(workspace):
+  root, common = workspace
+  csv = root / "results" / "crop_protocols.csv"
+  run("crop_protocols", *common, f"--results_csv={csv}", cwd=root)
+  rows = pd.read_csv(csv)
+  assert sorted(rows.metric) == ["test_accuracy_center", "test_accuracy_five_crop",
+                                 "test_accuracy_ten_crop_with_mirrors"]
+  assert rows.value.between(0, 1).all()

@@ -1,0 +1,47 @@
+r"""Test-time crop protocols of a trained CloudCNN: centre crop, the 5 crops of
+the image (4 corners + centre) and the standard 10 crops (with mirrors).
+
+MNIST digits change class under a mirror, so edgecnn trains MNIST without
+flips and tests it on 5 crops; this measures that choice against the other
+two. Rows go to results/crop_protocols.csv.
+
+  python -m experiments.crop_protocols --dataset=mnist
+"""
+
+from __future__ import annotations
+
+import logging
+
+from absl import app
+
+from experiments import common
+from edgecnn import cloud_model
+from edgecnn import evaluate as eval_lib
+
+
+def main(argv):
+  common.reject_args(argv)
+  common.setup_logging()
+  dataset = common.load_dataset()
+  directory = common.cloud_directory(dataset.info.name)
+  model = cloud_model.load_cloud(directory)
+  crop = model.input_shape[1]
+  log = common.result_log("crop_protocols")
+  key = {"dataset": dataset.info.name, "preset": common.PRESET.value,
+         "model": "CloudCNN", "num_shared": 15, "pretrained": "",
+         "labels": "true", "num_images": len(dataset.x_test),
+         "seed": common.CLOUD_SEED.value}
+  metrics = []
+  for name, mode, flip in (("center", "center", False),
+                           ("five_crop", "ten_crop", False),
+                           ("ten_crop_with_mirrors", "ten_crop", True)):
+    acc = eval_lib.accuracy(eval_lib.predict_probs(
+        model, dataset.x_test, crop_size=crop, mode=mode, flip=flip),
+        dataset.y_test)
+    metrics.append((f"test_accuracy_{name}", acc, "fraction"))
+    logging.info("%s: %s %.4f", dataset.info.name, name, acc)
+  log.append(key, metrics)
+
+
+if __name__ == "__main__":
+  app.run(main)
