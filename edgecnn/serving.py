@@ -380,3 +380,92 @@ LABEL_BODY = {"requestBody": {"required": True, "content": {
         "edge": {"type": "string"},
         "objects": {"type": "array", "items": {"type": "object", "properties": {
             "id": {"type": "string"}, "b64": {"type": "string"}}}}}}}}}}
+
+
+class DynamicBatcher:
+  """Groups concurrent predict calls into one forward pass (server-side
+  dynamic batching, as TF Serving and Triton do).
+
+  A call waits at most ``max_wait_s`` for others to join it, and a batch holds
+  at most ``max_batch`` rows; the model version is taken once per batch, so a
+  hot swap never splits one.
+
+  Args:
+    slot: the ModelSlot whose current model answers.
+    max_batch: largest number of rows in one forward pass.
+    max_wait_s: longest time the first request of a batch waits for others.
+  """
+
+  def __init__(self, slot: ModelSlot, max_batch: int = 64,
+               max_wait_s: float = 0.001):
+    import queue
+    if max_batch < 1 or max_wait_s < 0:
+      raise ValueError(f"`max_batch` must be >= 1 and `max_wait_s` >= 0. "
+                       f"Received: {max_batch}, {max_wait_s}")
+    self.slot, self.max_batch, self.max_wait_s = slot, max_batch, max_wait_s
+    self._queue: "queue.Queue" = queue.Queue()
+    self.batches = 0
+    self.rows = 0
+    self._thread = threading.Thread(target=self._loop, name="batcher",
+                                    daemon=True)
+    self._thread.start()
+
+  class _Request:
+    def __init__(self, x):
+      self.x = x
+      self.done = threading.Event()
+      self.result = self.version = self.error = None
+
+  def predict(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+    request = self._Request(x)
+    self._queue.put(request)
+    request.done.wait()
+    if request.error is not None:
+      raise request.error
+    return request.result, request.version
+
+  def _loop(self) -> None:
+    import queue
+    import time
+    while True:
+      first = self._queue.get()
+      if first is None:
+        return
+      batch, rows = [first], len(first.x)
+      deadline = time.monotonic() + self.max_wait_s
+      stop = False
+      while rows < self.max_batch:
+        timeout = deadline - time.monotonic()
+        if timeout <= 0:
+          break
+        try:
+          nxt = self._queue.get(timeout=timeout)
+        except queue.Empty:
+          break
+        if nxt is None:
+          stop = True
+          break
+        batch.append(nxt)
+        rows += len(nxt.x)
+      served = self.slot.current()
+      try:
+        if served is None:
+          raise RequestError("No model is being served yet.", 503)
+        out = served.predict(np.concatenate([r.x for r in batch]))
+        start = 0
+        for r in batch:
+          r.result, r.version = out[start:start + len(r.x)], served.version
+          start += len(r.x)
+      except Exception as e:  # every waiting request gets the error
+        for r in batch:
+          r.error = e
+      self.batches += 1
+      self.rows += rows
+      for r in batch:
+        r.done.set()
+      if stop:
+        return
+
+  def stop(self) -> None:
+    self._queue.put(None)
+    self._thread.join(timeout=5)

@@ -57,6 +57,15 @@ IDLE_WINDOW = flags.DEFINE_string(
 GATE_TOLERANCE = flags.DEFINE_float(
     "gate_tolerance", 0.0, "Deploy a retrained model if its validation "
     "accuracy is >= the serving one's minus this.")
+MAX_BATCH = flags.DEFINE_integer(
+    "max_batch", 64, "Server-side dynamic batching: rows per forward pass "
+    "(1 turns batching off).")
+MAX_BATCH_WAIT = flags.DEFINE_float(
+    "max_batch_wait_ms", 1.0, "Longest wait of a request for others to join "
+    "its batch.")
+MAX_OBJECTS = flags.DEFINE_integer(
+    "max_objects", None, "Storage quota in objects; uploads beyond it are "
+    "refused (507) until POST /v1/admin/compact.")
 MAX_EPOCHS = flags.DEFINE_integer("max_epochs", 60, "Epoch cap of (re)training.")
 HOST = flags.DEFINE_string("host", "127.0.0.1", "Interface to bind.")
 PORT = flags.DEFINE_integer("port", 8501, "Port to bind.")
@@ -94,7 +103,9 @@ def main(argv):
       num_shared=NUM_SHARED.value, retrain_threshold=RETRAIN_THRESHOLD.value,
       upload_batch=UPLOAD_BATCH.value, gate_tolerance=GATE_TOLERANCE.value,
       train_config=train_lib.get_config("paper", max_epochs=MAX_EPOCHS.value),
-      model_seed=SEED.value)
+      model_seed=SEED.value, max_batch=MAX_BATCH.value,
+      max_batch_wait_s=MAX_BATCH_WAIT.value / 1000,
+      max_objects=MAX_OBJECTS.value)
   cloud = client_lib.CloudClient(
       CLOUD_URL.value, CLOUD_TOKEN.value or os.environ.get("EDGECNN_CLOUD_TOKEN"))
   edge = runtime_lib.EdgeRuntime(config, labelled, cloud, policy=policy,

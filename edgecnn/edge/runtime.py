@@ -105,6 +105,8 @@ class EdgeConfig:
     cloud_wait_s: how long start() waits for an unreachable cloud.
     max_objects: storage quota; uploads beyond it are refused (507) while
       prediction goes on, until objects are compacted.
+    max_batch, max_batch_wait_s: server-side dynamic batching of concurrent
+      predictions (max_batch=1 turns it off).
   """
   edge_id: str
   workdir: pathlib.Path
@@ -119,6 +121,8 @@ class EdgeConfig:
   model_seed: int = 0
   cloud_wait_s: float = 300.0
   max_objects: int | None = None
+  max_batch: int = 64
+  max_batch_wait_s: float = 0.001
 
 
 class EdgeRuntime:
@@ -153,6 +157,9 @@ class EdgeRuntime:
     self.store = store_lib.Store(self.workdir / "store.sqlite",
                                  self.info.image_shape)
     self.slot = serving.ModelSlot()
+    self.batcher = serving.DynamicBatcher(
+        self.slot, config.max_batch, config.max_batch_wait_s) \
+        if config.max_batch > 1 else None
     self.trainer = trainer or train_lib.train_and_evaluate
     self.payload: bytes | None = None
     self.crop = None
@@ -279,6 +286,8 @@ class EdgeRuntime:
 
   # -- serving --------------------------------------------------------------------
   def predict(self, x: np.ndarray) -> tuple[np.ndarray, int]:
+    if self.batcher is not None and len(x) < self.config.max_batch:
+      return self.batcher.predict(x)
     served = self.slot.current()
     if served is None:
       raise serving.RequestError("No model is being served yet; the edge is "
@@ -426,6 +435,8 @@ class EdgeRuntime:
       self._thread.join(timeout=10)
     with self._retrain_lock:  # let a running retrain finish its writes
       pass
+    if self.batcher is not None:
+      self.batcher.stop()
     self.store.close()
 
   def status(self) -> dict:
