@@ -102,3 +102,21 @@ def no_debian(tmp_path, monkeypatch):
   """Hide /usr/share/datasets so tests see only the files they write."""
   monkeypatch.setattr(data_lib, "DEBIAN_ROOT", tmp_path / "no-debian")
   monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_cloud(tmp_path_factory):
+  """A directory with fake Fashion-MNIST IDX files (data/) and an untrained
+  tiny CloudCNN saved like train_cloud does (cloud/)."""
+  from edgecnn import cloud_model
+  from edgecnn import models
+  root = tmp_path_factory.mktemp("tiny")
+  write_mnist_like(root / "data" / "fashion-mnist", n_train=60, n_test=10)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
+                                 "preset": "compact", "seed": 0},
+                         root / "cloud", shared=(3,))
+  cloud_model.save_dataset_info(root / "cloud",
+                                data_lib.dataset_info("fashion_mnist"))
+  (root / "cloud" / "train_result.json").write_text("{}")
+  return root

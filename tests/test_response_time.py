@@ -28,20 +28,6 @@ def test_links_and_images():
     rt.make_links("5g")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  root = tmp_path_factory.mktemp("rt")
-  write_mnist_like(root / "data" / "fashion-mnist", n_train=60, n_test=10)
-  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
-  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
-                                 "preset": "compact", "seed": 0},
-                         root / "cloud", shared=(3,))
-  cloud_model.save_dataset_info(root / "cloud",
-                                data_lib.dataset_info("fashion_mnist"))
-  (root / "cloud" / "train_result.json").write_text("{}")
-  return root
-
-
 def _run(root, *extra):
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
   csv = root / f"rt-{len(list(root.glob('rt-*.csv')))}.csv"  # one per run
@@ -55,8 +41,8 @@ def _run(root, *extra):
   return pd.read_csv(csv, keep_default_na=False)
 
 
-def test_quick_run_proxy(setup):
-  rows = _run(setup, "--emulation=proxy", "--link=lte")
+def test_quick_run_proxy(tiny_cloud):
+  rows = _run(tiny_cloud, "--emulation=proxy", "--link=lte")
   rt_rows = rows[rows.metric == "response_time_median"]
   assert sorted(set(rt_rows.model)) == ["CloudCNN", "EdgeCNN1-3"]
   assert len(rt_rows) == 4
@@ -70,10 +56,10 @@ def test_quick_run_proxy(setup):
 
 
 @pytest.mark.skipif(not netem.netns_available()[0], reason="no network namespaces")
-def test_quick_run_netns_without_delays_and_no_namespace_left(setup):
+def test_quick_run_netns_without_delays_and_no_namespace_left(tiny_cloud):
   import subprocess as sp
   before = sp.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-  rows = _run(setup, "--emulation=netns", "--link=wifi", "--edge_delay_ms=0",
+  rows = _run(tiny_cloud, "--emulation=netns", "--link=wifi", "--edge_delay_ms=0",
               "--core_delay_ms=0")
   assert rows.condition.str.contains("emulation=netns").all()
   up = rows[rows.metric == "upload_time_median"]

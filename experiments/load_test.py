@@ -1,0 +1,250 @@
+r"""Bounded load on an edge's predict endpoint, on loopback.
+
+Starts the cloud and an edge (EdgeCNN1-m) as processes, then for each
+concurrency in --concurrency keeps that many requests in flight for
+--seconds and records throughput and p50/p99 latency; measures, in the same
+run, the model's own batched `predict` throughput (a separate process
+loading the edge's served weights); optionally forces --hot_swaps retrains
+while a load runs and counts failed requests; samples the edge's resident
+memory. Rows go to results/load_test.csv.
+
+  python -m experiments.load_test --cloud_dir=workdir/cloud/... \
+      --concurrency=1,4,16,64 --seconds=10
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pathlib
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from experiments import common
+from edgecnn import cloud_model
+
+CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "2", "4", "8", "16", "32",
+                                                "64"], "Requests in flight.")
+SECONDS = flags.DEFINE_float("seconds", 10.0, "Duration of each level.")
+NUM_SHARED = flags.DEFINE_integer("num_shared", 3, "m of the edge.")
+INSTANCES = flags.DEFINE_integer("instances", 1, "Instances per request.")
+MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "Edge's dynamic batching.")
+MAX_WAIT = flags.DEFINE_float("max_batch_wait_ms", 2.0, "Edge's batch wait.")
+NUM_LABELLED = flags.DEFINE_integer("num_labelled", 120,
+                                    "Labelled images of the edge's Alg. 1.")
+HOT_SWAPS = flags.DEFINE_integer(
+    "hot_swaps", 0, "Retrains forced (and deployed if not worse) during an "
+    "extra load run at the highest concurrency.")
+
+
+def _port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+  for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+    if line.startswith("VmRSS:"):
+      return int(line.split()[1]) / 1024
+  return float("nan")
+
+
+async def _load(url: str, body: bytes, concurrency: int, seconds: float):
+  import httpx
+  latencies, failures = [], 0
+  stop = time.monotonic() + seconds
+  limits = httpx.Limits(max_connections=concurrency,
+                        max_keepalive_connections=concurrency)
+  async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+    async def worker():
+      nonlocal failures
+      while time.monotonic() < stop:
+        start = time.perf_counter()
+        try:
+          r = await client.post(url, content=body,
+                                headers={"Content-Type": "application/json"})
+          ok = r.status_code == 200
+        except httpx.HTTPError:
+          ok = False
+        if ok:
+          latencies.append(time.perf_counter() - start)
+        else:
+          failures += 1
+    begin = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(concurrency)])
+    elapsed = time.perf_counter() - begin
+  return latencies, failures, elapsed
+
+
+MODEL_SCRIPT = """
+import sys, time, json, numpy as np
+from edgecnn import models
+payload = open(sys.argv[1], "rb").read()
+m = models.build_edge_cnn_from_payload(payload)
+m.load_weights(sys.argv[2])
+x = np.random.default_rng(0).random((int(sys.argv[3]), *m.input_shape[1:]),
+                                    dtype=np.float32)
+m.predict(x, batch_size=64, verbose=0)
+times = []
+for _ in range(5):
+  t = time.perf_counter(); m.predict(x, batch_size=64, verbose=0)
+  times.append(time.perf_counter() - t)
+print(json.dumps(sorted(times)[2]))
+"""
+
+
+def main(argv):
+  common.reject_args(argv)
+  common.setup_logging()
+  dataset_name = common.DATASET.value
+  cloud_dir = common.cloud_directory(dataset_name)
+  if not cloud_model.is_trained(cloud_dir):
+    raise app.UsageError(f"No trained CloudCNN in {cloud_dir}.")
+  work = pathlib.Path(common.WORKDIR.value) / "load_test"
+  work.mkdir(parents=True, exist_ok=True)
+  root = pathlib.Path(__file__).resolve().parent.parent
+  env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
+  token, cport, eport = secrets.token_urlsafe(12), _port(), _port()
+  log_file = open(work / "services.log", "a")
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "edgecnn.cloud", f"--cloud_dir={cloud_dir}",
+       f"--workdir={work / 'cloud'}", f"--port={cport}", f"--token={token}"],
+      env=env, stdout=log_file, stderr=subprocess.STDOUT)]
+  procs.append(subprocess.Popen(
+      [sys.executable, "-m", "edgecnn.edge", "--edge_id=load",
+       f"--cloud_url=http://127.0.0.1:{cport}", f"--cloud_token={token}",
+       f"--num_shared={NUM_SHARED.value}", f"--dataset={dataset_name}",
+       f"--num_labelled={NUM_LABELLED.value}",
+       *([f"--data_dir={common.DATA_DIR.value}"] if common.DATA_DIR.value else []),
+       f"--workdir={work / 'edge'}", "--max_epochs=3", f"--port={eport}",
+       f"--max_batch={MAX_BATCH.value}",
+       f"--max_batch_wait_ms={MAX_WAIT.value}", "--admin_token=adm",
+       "--retrain_threshold=1000000", "--gate_tolerance=1.0"],
+      env=env, stdout=log_file, stderr=subprocess.STDOUT))
+  import httpx
+  base = f"http://127.0.0.1:{eport}"
+  try:
+    deadline = time.monotonic() + 900
+    while True:
+      if any(p.poll() is not None for p in procs):
+        raise RuntimeError((work / "services.log").read_text()[-3000:])
+      try:
+        if httpx.get(base + "/healthz", timeout=1).json()["status"] == "ok":
+          break
+      except (httpx.HTTPError, ValueError):
+        pass
+      if time.monotonic() > deadline:
+        raise TimeoutError("edge did not start")
+      time.sleep(0.5)
+    status = httpx.get(base + "/v1/status").json()
+    payload = work / "edge" / "shared_layers.bin"
+    weights = work / "edge" / "versions" / f"{status['serving_version']}.weights.h5"
+    shape = json.loads(subprocess.run(
+        [sys.executable, "-c", "import sys, json; from edgecnn import models; "
+         "m, _ = models.read_payload(open(sys.argv[1], 'rb').read()); "
+         "print(json.dumps(m['input_shape']))", str(payload)],
+        env=env, capture_output=True, text=True, check=True).stdout)
+    x = np.random.default_rng(0).random((INSTANCES.value, *shape)).round(4)
+    body = json.dumps({"instances": x.tolist()}).encode()
+    url = base + "/v1/models/edgecnn:predict"
+    log = common.result_log("load_test")
+    common.save_flags(log, f"{dataset_name}-m{NUM_SHARED.value}")
+    key = {"dataset": dataset_name, "preset": common.PRESET.value,
+           "model": f"EdgeCNN1-{NUM_SHARED.value}",
+           "num_shared": NUM_SHARED.value, "pretrained": True, "labels": "",
+           "num_images": INSTANCES.value, "seed": common.CLOUD_SEED.value}
+    pid = procs[1].pid
+    rss = [_rss_mb(pid)]
+    own = float(subprocess.run(
+        [sys.executable, "-c", MODEL_SCRIPT, str(payload), str(weights), "1024"],
+        env=env, capture_output=True, text=True, check=True).stdout) / 1024
+    own_rate = 1 / own
+    log.append({**key, "condition": "model_predict;batch=64"},
+               [("images_per_s", own_rate, "images/s")])
+    logging.info("model's own batched predict: %.0f images/s", own_rate)
+    for level in [int(c) for c in CONCURRENCY.value]:
+      lat, failures, elapsed = asyncio.run(_load(url, body, level, SECONDS.value))
+      rss.append(_rss_mb(pid))
+      rate = len(lat) * INSTANCES.value / elapsed
+      lat_ms = sorted(1000 * v for v in lat)
+      p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else float("nan")
+      cond = f"http;concurrency={level};max_batch={MAX_BATCH.value};" \
+             f"wait_ms={MAX_WAIT.value:g}"
+      log.append({**key, "condition": cond}, [
+          ("images_per_s", rate, "images/s"),
+          ("fraction_of_model_throughput", rate / own_rate, "fraction"),
+          ("latency_p50", statistics.median(lat_ms) if lat_ms else float("nan"), "ms"),
+          ("latency_p99", p99, "ms"), ("failed_requests", failures, "count"),
+          ("edge_rss", rss[-1], "MB")])
+      logging.info("concurrency %d: %.0f images/s (%.0f%% of the model's own), "
+                   "p50 %.1f ms, p99 %.1f ms, %d failed, RSS %.0f MB", level,
+                   rate, 100 * rate / own_rate,
+                   statistics.median(lat_ms) if lat_ms else float("nan"), p99,
+                   failures, rss[-1])
+    if HOT_SWAPS.value:
+      level = max(int(c) for c in CONCURRENCY.value)
+      deployed, failures = asyncio.run(_swaps(url, base, body, level,
+                                              HOT_SWAPS.value))
+      rss.append(_rss_mb(pid))
+      log.append({**key, "condition": f"http;hot_swaps;concurrency={level}"},
+                 [("retrains_deployed", deployed, "count"),
+                  ("failed_requests", failures, "count")])
+      logging.info("%d hot swaps deployed under load: %d failed requests",
+                   deployed, failures)
+    log.append({**key, "condition": "memory"},
+               [("edge_rss_first", rss[0], "MB"), ("edge_rss_last", rss[-1], "MB"),
+                ("edge_rss_max", max(rss), "MB")])
+  finally:
+    for p in procs:
+      p.terminate()
+    for p in procs:
+      try:
+        p.wait(timeout=30)
+      except subprocess.TimeoutExpired:
+        p.kill()
+    log_file.close()
+
+
+async def _swaps(url, base, body, level, swaps):
+  """Forces ``swaps`` retrains while ``level`` requests stay in flight."""
+  import httpx
+  done = asyncio.Event()
+  failures = 0
+
+  async def worker(client):
+    nonlocal failures
+    while not done.is_set():
+      try:
+        r = await client.post(url, content=body,
+                              headers={"Content-Type": "application/json"})
+        failures += r.status_code != 200
+      except httpx.HTTPError:
+        failures += 1
+
+  limits = httpx.Limits(max_connections=level)
+  async with httpx.AsyncClient(limits=limits, timeout=60) as client, \
+      httpx.AsyncClient(timeout=900) as admin:
+    workers = [asyncio.create_task(worker(client)) for _ in range(level)]
+    deployed = 0
+    for _ in range(swaps):
+      r = await admin.post(base + "/v1/admin/retrain",
+                           headers={"Authorization": "Bearer adm"})
+      deployed += r.json().get("status") == "deployed"
+    done.set()
+    await asyncio.gather(*workers)
+  return deployed, failures
+
+
+if __name__ == "__main__":
+  app.run(main)
