@@ -27,6 +27,7 @@ setuptools.setup(
     ],
     extras_require={
         "figures": ["matplotlib", "nbformat", "nbclient", "ipykernel"],
-        "test": ["pytest", "matplotlib", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "matplotlib", "nbformat", "nbclient", "ipykernel",
+                 "schemathesis"],
     },
 )
