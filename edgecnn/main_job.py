@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import os
 import pathlib
 import shutil
 import time

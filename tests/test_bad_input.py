@@ -2,7 +2,6 @@
 service answers normally afterwards (issue: services under bad input)."""
 
 import base64
-import io
 import json
 import struct
 import zlib

@@ -7,12 +7,8 @@ import sys
 import pandas as pd
 import pytest
 
-from edgecnn import cloud_model
-from edgecnn import data as data_lib
-from edgecnn import models
 from edgecnn import netem
 from edgecnn import response_time as rt
-from tests.conftest import write_mnist_like
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

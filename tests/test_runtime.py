@@ -1,6 +1,5 @@
 """Algorithms 1 and 2 over real HTTP on loopback, with tiny models."""
 
-import dataclasses
 import sqlite3
 import time
 
@@ -9,6 +8,7 @@ import pytest
 
 from edgecnn import client as client_lib
 from edgecnn import cloud_model
+from edgecnn import data as data_lib
 from edgecnn import models
 from edgecnn import serving
 from edgecnn import train as train_lib
@@ -43,7 +43,7 @@ def make_edge(tmp_path, cloud, *, policy=None, monitor=None, trainer=None,
   runtime, server, ds = cloud
   labelled = runtime_lib.LabelledData(
       ds.x_train[:40], ds.y_train[:40],
-      __import__("edgecnn.data", fromlist=["x"]).subset_split(40, None, seed=0),
+      data_lib.subset_split(40, None, seed=0),
       ds.info, "fake")
   config = runtime_lib.EdgeConfig(edge_id=edge_id, workdir=tmp_path / edge_id,
                                   num_shared=3, retrain_threshold=threshold,
@@ -263,14 +263,12 @@ def test_tampered_payload_is_refused(tmp_path, cloud):
       return data[:-1] + bytes([data[-1] ^ 1]), meta
 
   runtime, server, ds = cloud
-  labelled = runtime_lib.labelled_from_directory  # imported for coverage
-  del labelled
   config = runtime_lib.EdgeConfig(edge_id="e", workdir=tmp_path / "e",
                                   train_config=QUICK)
   edge = runtime_lib.EdgeRuntime(
       config, runtime_lib.LabelledData(
           ds.x_train[:20], ds.y_train[:20],
-          __import__("edgecnn.data", fromlist=["x"]).subset_split(20, None, seed=0),
+          data_lib.subset_split(20, None, seed=0),
           ds.info, "fake"),
       Tampering(client_lib.CloudClient(server.url, "cloud-secret")))
   with pytest.raises(models.PayloadError, match="SHA256"):

@@ -25,7 +25,6 @@ from typing import Callable
 import numpy as np
 
 from edgecnn import data as data_lib
-from edgecnn import evaluate as eval_lib
 from edgecnn import export as export_lib
 from edgecnn import models
 from edgecnn import serving

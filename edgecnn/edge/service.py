@@ -94,7 +94,7 @@ def create_app(edge: runtime_lib.EdgeRuntime):
     return JSONResponse(answer, headers=serving.timing_headers(
         received, timings["inference_s"], time.monotonic() - received))
 
-  @app.post(f"/v1/models/{{model}}:predict", openapi_extra=serving.PREDICT_BODY)
+  @app.post("/v1/models/{model}:predict", openapi_extra=serving.PREDICT_BODY)
   async def predict(model: str, request: Request):
     if (missing := check_model(model)) is not None:
       return missing
