@@ -154,6 +154,53 @@ def plot_inference_time(results_dir, path=None):
   return _save(fig, path)
 
 
+def _conditions(frame: pd.DataFrame) -> pd.DataFrame:
+  """Splits the `condition` column (k=v;k=v) into columns."""
+  parsed = frame["condition"].str.split(";").apply(
+      lambda parts: dict(p.split("=", 1) for p in parts if "=" in p))
+  return pd.concat([frame.reset_index(drop=True),
+                    pd.DataFrame(list(parsed))], axis=1)
+
+
+def plot_response_time(results_dir, path=None):
+  """Response, upload, inference and download time vs image size, edge vs
+  cloud, over LTE and WiFi (Figs. 4-6); error bars: half-range of repeats."""
+  plt = _plt()
+  frame = load(results_dir, "response_time")
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  if frame is None or frame.empty:
+    for ax in axes[1:]:
+      ax.set_axis_off()
+    return _empty(fig, axes[0], "no response_time.csv yet", path)
+  frame = _conditions(frame)
+  frame["size_kb"] = frame["size_kb"].astype(float)
+  panels = [("lte", ("response_time", "upload_time"), "Fig. 4: LTE"),
+            ("lte", ("inference_time",), "Fig. 5: inference time"),
+            ("wifi", ("response_time", "upload_time"), "Fig. 6: WiFi")]
+  for ax, (link, metrics, title) in zip(axes, panels):
+    sub = frame[frame.link == link]
+    for metric in metrics:
+      for model in sorted(set(sub.model)):
+        med = sub[(sub.model == model) & (sub.metric == f"{metric}_median")]
+        spr = sub[(sub.model == model) & (sub.metric == f"{metric}_spread")]
+        if med.empty:
+          continue
+        med = med.sort_values("size_kb")
+        spr = spr.set_index("size_kb").reindex(med.size_kb)
+        ax.errorbar(med.size_kb, 1000 * med.value,
+                    yerr=1000 * spr.value.fillna(0).values, capsize=3,
+                    fmt="o-" if model.startswith("Edge") else "s--",
+                    label=f"{model} {metric.replace('_', ' ')}")
+    ax.set_xscale("log")
+    ax.set_xlabel("image data size (KB)")
+    ax.set_ylabel("time (ms), median over repeats")
+    ax.set_title(title + (" (no rows)" if sub.empty else ""))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.tight_layout()
+  return _save(fig, path)
+
+
 def plot_update_phase(results_dir, path=None):
   """Each edge's test accuracy per model version over the upload stream,
   beside EdgeCNN0 at the same label count and CloudCNN (main job)."""
@@ -240,6 +287,7 @@ FIGURES = {
     "accuracy_cifar10": lambda d, p: plot_accuracy(d, "cifar10", p),
     "training_time": plot_training_time,
     "inference_time": plot_inference_time,
+    "response_time": plot_response_time,
     "update_phase": plot_update_phase,
 }
 

@@ -49,6 +49,22 @@ def results_dir(tmp_path_factory):
                "num_shared": 3, "pretrained": True, "labels": "",
                "num_images": 2000, "seed": 0},
               [("inference_ms_per_image", ms, "ms")])
+  rt = results.ResultLog(root / "response_time.csv",
+                         {"experiment": "response_time", **common})
+  for link in ("lte", "wifi"):
+    for kb in (60, 512):
+      for model, factor in (("EdgeCNN1-3", 1.0), ("CloudCNN", 2.0)):
+        rt.append({"dataset": "fashion_mnist", "preset": "compact",
+                   "model": model, "num_shared": 3, "pretrained": True,
+                   "labels": "", "num_images": 5, "seed": 0,
+                   "condition": f"link={link};size_kb={kb};emulation=proxy;"
+                                "image=png"},
+                  [(f"{m}_median", factor * kb / 1000, "s")
+                   for m in ("response_time", "upload_time", "inference_time",
+                             "download_time")] +
+                  [(f"{m}_spread", 0.01, "s")
+                   for m in ("response_time", "upload_time", "inference_time",
+                             "download_time")])
   pd.DataFrame([
       {"edge_id": e, "num_shared": m, "model_version": v, "deployed": True,
        "num_labels": 108 + 200 * (v - 1), "num_cloud_labels": 200 * (v - 1),
