@@ -70,6 +70,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+  # Epoch lines of the (long) CloudCNN training are progress worth seeing;
+  # the edges' many short trainings are summarised by the job itself.
+  progress = logging.StreamHandler(sys.stdout)
+  progress.addFilter(lambda record: "cloud_cnn[" in record.getMessage())
+  progress.setFormatter(logging.Formatter("[%(asctime)s] %(message)s",
+                                          "%H:%M:%S"))
+  logging.getLogger("edgecnn").addHandler(progress)
+  logging.getLogger("edgecnn").setLevel(logging.INFO)
   cfg = main_job.MainJobConfig(
       workdir=pathlib.Path(WORKDIR.value),
       results_csv=pathlib.Path(RESULTS_CSV.value), dataset=DATASET.value,
