@@ -70,6 +70,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+  for handler in logging.getLogger().handlers:
+    handler.setLevel(logging.WARNING)
   # Epoch lines of the (long) CloudCNN training are progress worth seeing;
   # the edges' many short trainings are summarised by the job itself.
   progress = logging.StreamHandler(sys.stdout)
