@@ -69,6 +69,22 @@ def token_matches(header: str | None, token: str) -> bool:
   return hmac.compare_digest(header[len("Bearer "):].encode(), token.encode())
 
 
+def gunzip_limited(raw: bytes, limit: int) -> bytes:
+  """Decompresses a gzip body, refusing (413) more than ``limit`` bytes of
+  output so that a small bomb cannot exhaust memory."""
+  import zlib
+  d = zlib.decompressobj(wbits=31)
+  try:
+    out = d.decompress(raw, limit + 1)
+  except zlib.error as e:
+    raise RequestError(f"Body is not valid gzip ({e}).") from e
+  if len(out) > limit or d.unconsumed_tail:
+    raise RequestError(f"Gzip body expands beyond {limit} bytes.", 413)
+  if not d.eof:
+    raise RequestError("Gzip body is truncated.")
+  return out
+
+
 # --- images ----------------------------------------------------------------------
 
 def prepare_image(raw: bytes, image_shape: Sequence[int]) -> np.ndarray:

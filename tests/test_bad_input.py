@@ -180,3 +180,22 @@ def test_shared_layers_bad_m_type(services):
   r = httpx.get(cloud_url + "/v1/shared_layers/three",
                 headers={"Authorization": "Bearer tok"})
   assert r.status_code == 400 and "Invalid request" in r.json()["error"]
+
+
+def test_gzip_label_bodies(services):
+  import gzip
+  _, cloud_url, ds = services
+  c = client_lib.CloudClient(cloud_url, "tok")
+  labels, sent = c.label("e", [("c" * 32, ds.x_train[0])])
+  plain, sent_plain = c.label("e", [("c" * 32, ds.x_train[0])], compress=False)
+  assert labels == plain and sent < sent_plain
+  headers = {"Authorization": "Bearer tok", "Content-Type": "application/json",
+             "Content-Encoding": "gzip"}
+  bomb = gzip.compress(b" " * (cloud_service.MAX_BODY_BYTES + 10))
+  r = httpx.post(cloud_url + "/v1/label", content=bomb, headers=headers)
+  assert r.status_code == 413 and "expands beyond" in r.json()["error"]
+  r = httpx.post(cloud_url + "/v1/label", content=b"not gzip", headers=headers)
+  assert r.status_code == 400 and "not valid gzip" in r.json()["error"]
+  r = httpx.post(cloud_url + "/v1/label", content=b"{}",
+                 headers={**headers, "Content-Encoding": "br"})
+  assert r.status_code == 415

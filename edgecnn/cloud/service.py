@@ -195,6 +195,12 @@ def create_app(runtime: CloudRuntime):
     if len(raw) > MAX_BODY_BYTES:
       raise serving.RequestError(f"Body of {len(raw)} bytes exceeds "
                                  f"{MAX_BODY_BYTES}.", 413)
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding == "gzip":
+      raw = serving.gunzip_limited(raw, MAX_BODY_BYTES)
+    elif encoding != "identity":
+      raise serving.RequestError(f"Content-Encoding {encoding!r} is not "
+                                 "supported; send gzip or identity.", 415)
     ctype = request.headers.get("content-type", "application/json")
     if "json" not in ctype:
       raise serving.RequestError(f"Content-Type {ctype!r} is not supported; "
