@@ -103,7 +103,8 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
                 num_images: int | None = None,
                 kernel_initializer: str = "he_normal",
                 strategy=None, tensorboard_dir: str | None = None,
-                shared: tuple[int, ...] = (3, 5, 10)
+                shared: tuple[int, ...] = (3, 5, 10),
+                evaluate_test: bool = True
                 ) -> tuple[keras.Model, train_lib.TrainResult]:
   """Trains CloudCNN on the 9:1 split of the training set and saves it.
 
@@ -119,6 +120,7 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
     strategy: an optional tf.distribute strategy.
     tensorboard_dir: optional TensorBoard log directory.
     shared: the m values whose payloads are written.
+    evaluate_test: run 10-crop and centre-crop testing after training.
 
   Returns:
     (model, TrainResult).
@@ -136,6 +138,7 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
   result = train_lib.train_and_evaluate(
       model, dataset, split, config, seed=seed, strategy=strategy,
       tensorboard_dir=tensorboard_dir, label=f"cloud_cnn[{info.name}]",
+      evaluate_test=evaluate_test,
       checkpoint_dir=str(pathlib.Path(directory) / "checkpoint"))
   save_cloud(model, build_args, directory, shared)
   save_dataset_info(directory, info)

@@ -31,6 +31,9 @@ STRATEGY = flags.DEFINE_enum(
     "strategy", "default", ["default", "mirrored", "multi_worker"],
     "tf.distribute strategy: default (one device), mirrored (all local "
     "devices) or multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG).")
+TEST_EVAL = flags.DEFINE_bool(
+    "test_eval", True, "Evaluate on the test set (10-crop and centre); off "
+    "for models made only for timing.")
 FORCE = flags.DEFINE_bool("force", False,
                           "Retrain even if the model directory is complete.")
 
@@ -85,7 +88,8 @@ def main(argv):
       directory=directory, num_images=NUM_IMAGES.value,
       kernel_initializer=common.INITIALIZER.value, strategy=strategy,
       tensorboard_dir=common.TENSORBOARD_DIR.value,
-      shared=tuple(int(m) for m in SHARED.value))
+      shared=tuple(int(m) for m in SHARED.value),
+      evaluate_test=TEST_EVAL.value)
   key = {"dataset": dataset.info.name, "preset": common.PRESET.value,
          "model": "CloudCNN", "num_shared": 15, "pretrained": "",
          "labels": "true",
