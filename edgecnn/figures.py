@@ -180,17 +180,16 @@ def plot_response_time(results_dir, path=None):
   for ax, (link, metrics, title) in zip(axes, panels):
     sub = frame[frame.link == link]
     for metric in metrics:
-      for model in sorted(set(sub.model)):
-        med = sub[(sub.model == model) & (sub.metric == f"{metric}_median")]
-        spr = sub[(sub.model == model) & (sub.metric == f"{metric}_spread")]
+      for (model, preset), rows in sub.groupby(["model", "preset"]):
+        med = rows[rows.metric == f"{metric}_median"].sort_values("size_kb")
+        spr = rows[rows.metric == f"{metric}_spread"]
         if med.empty:
           continue
-        med = med.sort_values("size_kb")
-        spr = spr.set_index("size_kb").reindex(med.size_kb)
+        spr = spr.groupby("size_kb")["value"].first().reindex(med.size_kb)
         ax.errorbar(med.size_kb, 1000 * med.value,
-                    yerr=1000 * spr.value.fillna(0).values, capsize=3,
+                    yerr=1000 * spr.fillna(0).values, capsize=3,
                     fmt="o-" if model.startswith("Edge") else "s--",
-                    label=f"{model} {metric.replace('_', ' ')}")
+                    label=f"{model} [{preset}] {metric.replace('_', ' ')}")
     ax.set_xscale("log")
     ax.set_xlabel("image data size (KB)")
     ax.set_ylabel("time (ms), median over repeats")
