@@ -181,3 +181,11 @@ def test_checkpoint_resume_continues_where_a_killed_run_stopped(tmp_path):
   assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
   assert result.epochs == 5
   assert not ckpt.exists()
+
+
+def test_left_chance_prefers_test_accuracy():
+  assert not train_lib._left_chance(0.167, {"ten_crop": 0.156, "center": 0.185},
+                                    0.1)
+  assert train_lib._left_chance(0.1, {"ten_crop": 0.7, "center": 0.6}, 0.1)
+  assert train_lib._left_chance(0.25, {"ten_crop": None, "center": None}, 0.1)
+  assert not train_lib._left_chance(0.17, {"ten_crop": None, "center": None}, 0.1)
