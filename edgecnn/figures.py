@@ -103,6 +103,14 @@ def plot_accuracy(results_dir, dataset: str, path=None):
   return _save(fig, path)
 
 
+def _model_order(name: str) -> tuple:
+  """EdgeCNN1-3, EdgeCNN0-3, EdgeCNN1-5, ..., CloudCNN."""
+  if not name.startswith("EdgeCNN"):
+    return (1, 0, 0)
+  kind, m = name[len("EdgeCNN"):].split("-")
+  return (0, int(m), -int(kind))
+
+
 def plot_training_time(results_dir, path=None):
   """Training time to the stopping rule, EdgeCNN0-m vs EdgeCNN1-m (Fig. 10)."""
   plt = _plt()
@@ -113,6 +121,8 @@ def plot_training_time(results_dir, path=None):
   rows = frame[frame.metric == "wall_time"]
   stats = rows.groupby(["dataset", "model"])["value"].agg(
       ["median", "min", "max"]).reset_index()
+  stats = stats.iloc[sorted(range(len(stats)), key=lambda i: (
+      stats.dataset.iloc[i], _model_order(stats.model.iloc[i])))]
   labels = [f"{DATASET_TITLES.get(d, d)}\n{m}" for d, m in
             zip(stats.dataset, stats.model)]
   colors = ["tab:blue" if m.startswith("EdgeCNN1") else "gray"
@@ -139,7 +149,7 @@ def plot_inference_time(results_dir, path=None):
   rows = rows.groupby(["dataset", "preset", "model"])["value"].median().reset_index()
   for i, ((dataset, preset), group) in enumerate(rows.groupby(["dataset",
                                                                "preset"])):
-    order = sorted(group.model, key=lambda s: (s == "CloudCNN", s))
+    order = sorted(group.model, key=_model_order)
     group = group.set_index("model").loc[order]
     x = np.arange(len(order)) + i * (len(order) + 1)
     ax.bar(x, group.value, label=f"{DATASET_TITLES.get(dataset, dataset)} "
