@@ -141,7 +141,10 @@ def test_policy_holds_uploads_while_busy_then_labels_reach_store(tmp_path, cloud
       assert state["state"] == "labelled" and 0 <= state["label"] < 10
     status = client.status()
     assert status["objects"]["labelled"] == 3
-    assert status["bytes_to_cloud"] > 3 * 784  # base64 objects in JSON
+    # Three 784-byte objects as base64 in JSON, gzipped on the way out: more
+    # than nothing, less than the ~1,100 bytes each takes uncompressed.
+    assert 0 < status["bytes_to_cloud"] < 3 * 1100
+    assert status["bytes_from_users"] == sum(len(png(ds, i)) for i in range(3))
   finally:
     server.stop()
     edge.stop()
