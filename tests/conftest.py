@@ -104,19 +104,25 @@ def no_debian(tmp_path, monkeypatch):
   monkeypatch.delenv(data_lib.DATA_DIR_ENV, raising=False)
 
 
+def save_tiny_cloud(directory, dataset_name="fashion_mnist"):
+  """Saves an untrained tiny CloudCNN (24x24x1 crops, compact preset, payload
+  for m=3) the way train_cloud does, and returns the Keras model."""
+  from edgecnn import cloud_model
+  from edgecnn import models
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
+                                 "preset": "compact", "seed": 0},
+                         directory, shared=(3,))
+  cloud_model.save_dataset_info(directory, data_lib.dataset_info(dataset_name))
+  return model
+
+
 @pytest.fixture(scope="module")
 def tiny_cloud(tmp_path_factory):
   """A directory with fake Fashion-MNIST IDX files (data/) and an untrained
   tiny CloudCNN saved like train_cloud does (cloud/)."""
-  from edgecnn import cloud_model
-  from edgecnn import models
   root = tmp_path_factory.mktemp("tiny")
   write_mnist_like(root / "data" / "fashion-mnist", n_train=60, n_test=10)
-  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
-  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
-                                 "preset": "compact", "seed": 0},
-                         root / "cloud", shared=(3,))
-  cloud_model.save_dataset_info(root / "cloud",
-                                data_lib.dataset_info("fashion_mnist"))
+  save_tiny_cloud(root / "cloud")
   (root / "cloud" / "train_result.json").write_text("{}")
   return root

@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 
 from edgecnn import client as client_lib
-from edgecnn import cloud_model
 from edgecnn import data as data_lib
-from edgecnn import models
 from edgecnn import serving
 from edgecnn import train as train_lib
 from edgecnn.cloud import service as cloud_service
@@ -25,6 +23,7 @@ from edgecnn.edge import policy as policy_lib
 from edgecnn.edge import runtime as runtime_lib
 from edgecnn.edge import service as edge_service
 from tests.conftest import fake_dataset
+from tests.conftest import save_tiny_cloud
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = train_lib.get_config("paper", max_epochs=1, batch_size=16)
@@ -34,11 +33,7 @@ QUICK = train_lib.get_config("paper", max_epochs=1, batch_size=16)
 def cloud(tmp_path_factory):
   root = tmp_path_factory.mktemp("faults")
   ds = fake_dataset("fashion_mnist", n_train=60, n_test=4)
-  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
-  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
-                                 "preset": "compact", "seed": 0},
-                         root / "cloud", shared=(3,))
-  cloud_model.save_dataset_info(root / "cloud", ds.info)
+  save_tiny_cloud(root / "cloud")
   runtime = cloud_service.CloudRuntime(root / "cloud", root / "cs", token="tok")
   return root, runtime, ds
 

@@ -10,26 +10,21 @@ import pytest
 import schemathesis
 
 from edgecnn import client as client_lib
-from edgecnn import cloud_model
 from edgecnn import data as data_lib
-from edgecnn import models
 from edgecnn import serving
 from edgecnn import train as train_lib
 from edgecnn.cloud import service as cloud_service
 from edgecnn.edge import runtime as runtime_lib
 from edgecnn.edge import service as edge_service
 from tests.conftest import fake_dataset
+from tests.conftest import save_tiny_cloud
 
 EXAMPLES = int(os.environ.get("EDGECNN_FUZZ_EXAMPLES", "15"))
 
 
 def _apps(root):
   ds = fake_dataset("fashion_mnist", n_train=30, n_test=4)
-  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
-  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
-                                 "preset": "compact", "seed": 0},
-                         root / "cloud", shared=(3,))
-  cloud_model.save_dataset_info(root / "cloud", ds.info)
+  save_tiny_cloud(root / "cloud")
   runtime = cloud_service.CloudRuntime(root / "cloud", root / "cs", token="tok")
   cloud_app = cloud_service.create_app(runtime)
   server = serving.BackgroundServer(cloud_app).start()

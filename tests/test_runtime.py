@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from edgecnn import client as client_lib
-from edgecnn import cloud_model
 from edgecnn import data as data_lib
 from edgecnn import models
 from edgecnn import serving
@@ -17,6 +16,7 @@ from edgecnn.edge import policy as policy_lib
 from edgecnn.edge import runtime as runtime_lib
 from edgecnn.edge import service as edge_service
 from tests.conftest import fake_dataset
+from tests.conftest import save_tiny_cloud
 
 QUICK = train_lib.get_config("paper", max_epochs=2, lr_patience=1,
                              stop_patience=2, batch_size=16)
@@ -26,11 +26,7 @@ QUICK = train_lib.get_config("paper", max_epochs=2, lr_patience=1,
 def cloud(tmp_path_factory):
   root = tmp_path_factory.mktemp("cloud")
   ds = fake_dataset("fashion_mnist", n_train=80, n_test=10)
-  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
-  build = {"input_shape": [24, 24, 1], "num_classes": 10, "preset": "compact",
-           "kernel_initializer": "he_normal", "seed": 0}
-  cloud_model.save_cloud(model, build, root / "model", shared=(3,))
-  cloud_model.save_dataset_info(root / "model", ds.info)
+  save_tiny_cloud(root / "model")
   runtime = cloud_service.CloudRuntime(root / "model", root / "work",
                                        token="cloud-secret")
   server = serving.BackgroundServer(cloud_service.create_app(runtime)).start()

@@ -10,10 +10,9 @@ import time
 
 import httpx
 
-from edgecnn import cloud_model
-from edgecnn import models
 from edgecnn import serving
 from tests.conftest import fake_dataset
+from tests.conftest import save_tiny_cloud
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,11 +39,7 @@ def _wait(url, proc, timeout=180):
 
 def test_cloud_and_edge_commands(tmp_path):
   ds = fake_dataset("fashion_mnist", n_train=40, n_test=4)
-  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
-  cloud_model.save_cloud(model, {"input_shape": [24, 24, 1], "num_classes": 10,
-                                 "preset": "compact", "seed": 0},
-                         tmp_path / "cloud", shared=(3,))
-  cloud_model.save_dataset_info(tmp_path / "cloud", ds.info)
+  save_tiny_cloud(tmp_path / "cloud")
   for i in range(20):
     d = tmp_path / "labelled" / str(int(ds.y_train[i]))
     d.mkdir(parents=True, exist_ok=True)
