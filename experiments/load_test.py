@@ -20,7 +20,6 @@ import logging
 import os
 import pathlib
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from absl import flags
 import numpy as np
 
 from experiments import common
+from experiments import services
 from edgecnn import cloud_model
 
 CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "2", "4", "8", "16", "32",
@@ -45,12 +45,6 @@ NUM_LABELLED = flags.DEFINE_integer("num_labelled", 120,
 HOT_SWAPS = flags.DEFINE_integer(
     "hot_swaps", 0, "Retrains forced (and deployed if not worse) during an "
     "extra load run at the highest concurrency.")
-
-
-def _port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -115,38 +109,28 @@ def main(argv):
   work.mkdir(parents=True, exist_ok=True)
   root = pathlib.Path(__file__).resolve().parent.parent
   env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
-  token, cport, eport = secrets.token_urlsafe(12), _port(), _port()
+  token = secrets.token_urlsafe(12)
+  cport, eport = services.free_port(), services.free_port()
   log_file = open(work / "services.log", "a")
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "edgecnn.cloud", f"--cloud_dir={cloud_dir}",
-       f"--workdir={work / 'cloud'}", f"--port={cport}", f"--token={token}"],
-      env=env, stdout=log_file, stderr=subprocess.STDOUT)]
-  procs.append(subprocess.Popen(
-      [sys.executable, "-m", "edgecnn.edge", "--edge_id=load",
-       f"--cloud_url=http://127.0.0.1:{cport}", f"--cloud_token={token}",
-       f"--num_shared={NUM_SHARED.value}", f"--dataset={dataset_name}",
-       f"--num_labelled={NUM_LABELLED.value}",
-       *([f"--data_dir={common.DATA_DIR.value}"] if common.DATA_DIR.value else []),
-       f"--workdir={work / 'edge'}", "--max_epochs=3", f"--port={eport}",
-       f"--max_batch={MAX_BATCH.value}",
-       f"--max_batch_wait_ms={MAX_WAIT.value}", "--admin_token=adm",
-       "--retrain_threshold=1000000", "--gate_tolerance=1.0"],
-      env=env, stdout=log_file, stderr=subprocess.STDOUT))
+  procs = [services.start(
+      [], "edgecnn.cloud", f"--cloud_dir={cloud_dir}",
+      f"--workdir={work / 'cloud'}", f"--port={cport}", f"--token={token}",
+      log=log_file)]
+  procs.append(services.start(
+      [], "edgecnn.edge", "--edge_id=load",
+      f"--cloud_url=http://127.0.0.1:{cport}", f"--cloud_token={token}",
+      f"--num_shared={NUM_SHARED.value}", f"--dataset={dataset_name}",
+      f"--num_labelled={NUM_LABELLED.value}",
+      *([f"--data_dir={common.DATA_DIR.value}"] if common.DATA_DIR.value else []),
+      f"--workdir={work / 'edge'}", "--max_epochs=3", f"--port={eport}",
+      f"--max_batch={MAX_BATCH.value}",
+      f"--max_batch_wait_ms={MAX_WAIT.value}", "--admin_token=adm",
+      "--retrain_threshold=1000000", "--gate_tolerance=1.0", log=log_file))
   import httpx
   base = f"http://127.0.0.1:{eport}"
   try:
-    deadline = time.monotonic() + 900
-    while True:
-      if any(p.poll() is not None for p in procs):
-        raise RuntimeError((work / "services.log").read_text()[-3000:])
-      try:
-        if httpx.get(base + "/healthz", timeout=1).json()["status"] == "ok":
-          break
-      except (httpx.HTTPError, ValueError):
-        pass
-      if time.monotonic() > deadline:
-        raise TimeoutError("edge did not start")
-      time.sleep(0.5)
+    services.wait_healthy(procs, [("127.0.0.1", cport), ("127.0.0.1", eport)],
+                          [], work / "services.log")
     status = httpx.get(base + "/v1/status").json()
     payload = work / "edge" / "shared_layers.bin"
     weights = work / "edge" / "versions" / f"{status['serving_version']}.weights.h5"
@@ -206,13 +190,7 @@ def main(argv):
                [("edge_rss_first", rss[0], "MB"), ("edge_rss_last", rss[-1], "MB"),
                 ("edge_rss_max", max(rss), "MB")])
   finally:
-    for p in procs:
-      p.terminate()
-    for p in procs:
-      try:
-        p.wait(timeout=30)
-      except subprocess.TimeoutExpired:
-        p.kill()
+    services.stop(procs)
     log_file.close()
 
 

@@ -20,17 +20,14 @@ netns where the kernel can shape the requested links, else the proxy.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import secrets
-import socket
-import subprocess
-import sys
 
 from absl import app
 from absl import flags
 
 from experiments import common
+from experiments import services
 from edgecnn import cloud_model
 from edgecnn import netem
 from edgecnn import response_time as rt
@@ -58,49 +55,6 @@ NUM_LABELLED = flags.DEFINE_integer("num_labelled", 120,
 EDGE_EPOCHS = flags.DEFINE_integer(
     "edge_max_epochs", 5, "Epochs of the edge's initial training (its "
     "accuracy does not change the timings).")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _service(prefix, module, *args, log):
-  root = pathlib.Path(__file__).resolve().parent.parent
-  env = {**os.environ, "PYTHONPATH": str(root), "TF_CPP_MIN_LOG_LEVEL": "2"}
-  return subprocess.Popen([*prefix, sys.executable, "-m", module, *args],
-                          env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-HEALTH_SCRIPT = """
-import http.client, json, sys
-c = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=2)
-c.request("GET", "/healthz")
-sys.exit(0 if json.loads(c.getresponse().read()).get("status") == "ok" else 1)
-"""
-
-
-def _wait_for(procs, targets, prefix, log_path, timeout=900):
-  """Waits until every (host, port) answers /healthz from the phone's side;
-  fails at once, with the services' log, if a service process died."""
-  import time
-  deadline = time.monotonic() + timeout
-  pending = list(targets)
-  while pending:
-    for p in procs:
-      if p.poll() is not None:
-        raise RuntimeError(f"a service exited with {p.returncode}:\n"
-                           f"{pathlib.Path(log_path).read_text()[-3000:]}")
-    host, port = pending[0]
-    ok = subprocess.run([*prefix, sys.executable, "-c", HEALTH_SCRIPT, host,
-                         str(port)], capture_output=True).returncode == 0
-    if ok:
-      pending.pop(0)
-    elif time.monotonic() > deadline:
-      raise TimeoutError(f"{host}:{port} did not become healthy")
-    else:
-      time.sleep(1)
 
 
 def main(argv):
@@ -159,12 +113,12 @@ def main(argv):
     else:
       cloud_prefix = edge_prefix = []
       cloud_bind = edge_bind = cloud_for_edge = "127.0.0.1"
-      cport, eport = _free_port(), _free_port()
-    procs.append(_service(
+      cport, eport = services.free_port(), services.free_port()
+    procs.append(services.start(
         cloud_prefix, "edgecnn.cloud", f"--cloud_dir={cloud_dir}",
         f"--workdir={work / 'cloud'}", f"--host={cloud_bind}", f"--port={cport}",
         f"--token={token}", log=service_log))
-    procs.append(_service(
+    procs.append(services.start(
         edge_prefix, "edgecnn.edge", "--edge_id=phone-edge",
         f"--cloud_url=http://{cloud_for_edge}:{cport}", f"--cloud_token={token}",
         f"--num_shared={NUM_SHARED.value}", f"--dataset={dataset_name}",
@@ -182,12 +136,13 @@ def main(argv):
           "cloud": {"host": topo.address("cloud", "phone"), "port": cport,
                     "path": "/v1/classify", "token": token}}
       logging.info("phone in its namespace; waiting for the services")
-      _wait_for(procs, [(t["host"], t["port"]) for t in spec["targets"].values()],
-                topo.exec_prefix("phone"), work / "services.log")
+      services.wait_healthy(
+          procs, [(t["host"], t["port"]) for t in spec["targets"].values()],
+          topo.exec_prefix("phone"), work / "services.log")
       samples = rt.run_in_namespace(topo.exec_prefix("phone"), spec)
     else:
-      _wait_for(procs, [("127.0.0.1", cport), ("127.0.0.1", eport)], [],
-                work / "services.log")
+      services.wait_healthy(procs, [("127.0.0.1", cport), ("127.0.0.1", eport)],
+                            [], work / "services.log")
       proxies = [netem.ShapingProxy(("127.0.0.1", eport), links.edge).start(),
                  netem.ShapingProxy(("127.0.0.1", cport), links.cloud).start()]
       try:
@@ -203,13 +158,7 @@ def main(argv):
         for p in proxies:
           p.stop()
   finally:
-    for p in procs:
-      p.terminate()
-    for p in procs:
-      try:
-        p.wait(timeout=30)
-      except subprocess.TimeoutExpired:
-        p.kill()
+    services.stop(procs)
     if topo is not None:
       topo.close()
     service_log.close()
