@@ -277,14 +277,9 @@ def _edgecnn0_accuracy(edge, labelled, dataset, uploaded_idx, x_test, y_test,
                        cfg) -> float:
   """EdgeCNN0-m from scratch on the same images, with true labels (the
   paper's fair comparison)."""
-  x = np.concatenate([labelled.images, dataset.x_train[uploaded_idx]])
-  y = np.concatenate([labelled.labels, dataset.y_train[uploaded_idx]])
-  n_own = len(labelled.images)
-  split = data_lib.Split(
-      train=np.concatenate([labelled.split.train,
-                            np.arange(n_own, n_own + len(uploaded_idx))]),
-      val=labelled.split.val)
-  ds = data_lib.Dataset(dataset.info, x, y, x_test, y_test, "main-job")
+  ds, split = labelled.with_extra(dataset.x_train[uploaded_idx],
+                                  dataset.y_train[uploaded_idx],
+                                  x_test=x_test, y_test=y_test)
   model = models.build_edge_cnn_from_payload(edge.payload, pretrained=False,
                                              seed=cfg.seed)
   config = train_lib.get_config("paper", max_epochs=cfg.edge_max_epochs,

@@ -45,6 +45,23 @@ class LabelledData:
   info: data_lib.DatasetInfo
   source: str
 
+  def with_extra(self, images: np.ndarray, labels: np.ndarray, *,
+                 x_test: np.ndarray | None = None,
+                 y_test: np.ndarray | None = None
+                 ) -> tuple[data_lib.Dataset, data_lib.Split]:
+    """These images plus extra ones (Eq. 2's N + M): every extra image
+    trains, validation stays on this set's held-out images."""
+    x = np.concatenate([self.images, images])
+    y = np.concatenate([self.labels, labels])
+    n = len(self.images)
+    split = data_lib.Split(
+        train=np.concatenate([self.split.train, np.arange(n, n + len(images))]),
+        val=self.split.val)
+    ds = data_lib.Dataset(self.info, x, y,
+                          x[:0] if x_test is None else x_test,
+                          y[:0] if y_test is None else y_test, self.source)
+    return ds, split
+
 
 def labelled_from_dataset(name: str, num_images: int, seed: int,
                           data_dir: str | None = None) -> LabelledData:
@@ -248,15 +265,7 @@ class EdgeRuntime:
 
   def _train(self, extra_images: np.ndarray, extra_labels: np.ndarray):
     """Trains EdgeCNN1 on the labelled images plus cloud-labelled ones (Eq. 2)."""
-    own = self.labelled
-    x = np.concatenate([own.images, extra_images])
-    y = np.concatenate([own.labels, extra_labels])
-    n_own = len(own.images)
-    split = data_lib.Split(
-        train=np.concatenate([own.split.train,
-                              np.arange(n_own, n_own + len(extra_images))]),
-        val=own.split.val)
-    ds = data_lib.Dataset(self.info, x, y, x[:0], y[:0], own.source)
+    ds, split = self.labelled.with_extra(extra_images, extra_labels)
     model = self._build()
     config = dataclasses.replace(self.config.train_config, crop_size=self.crop)
     result = self.trainer(model, ds, split, config, seed=self.config.model_seed,
