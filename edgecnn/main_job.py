@@ -46,6 +46,10 @@ from edgecnn.edge import service as edge_service
 
 logger = logging.getLogger("edgecnn.main_job")
 
+# CloudCNNs trained by experiments.train_cloud and committed with the source
+# (results/models/README.md); present in a source checkout only.
+SHIPPED_MODELS = pathlib.Path(__file__).resolve().parents[1] / "results" / "models"
+
 COLUMNS = ("edge_id", "num_shared", "model_version", "deployed", "num_labels",
            "num_cloud_labels", "wrong_cloud_labels", "val_accuracy",
            "test_accuracy_10crop", "test_accuracy_center",
@@ -63,14 +67,15 @@ class MainJobConfig:
   data_dir: str | None = None
   preset: str = "compact"
   cloud_dir: pathlib.Path | None = None
+  use_shipped_cloud: bool = True
   cloud_epochs: int = 2
   cloud_num_images: int | None = None
   edges: tuple[int, ...] = (3, 10)
   num_labelled: int = 120
-  stream_per_edge: int = 400
+  stream_per_edge: int = 1000
   burst: int = 50
   quiet_gap_s: float = 3.0
-  retrain_threshold: int = 200
+  retrain_threshold: int = 500
   edge_max_epochs: int = 25
   test_images: int = 2000
   quiet_bytes_per_s: float = 20_000.0
@@ -104,6 +109,11 @@ def _ensure_cloud(cfg: MainJobConfig, dataset: data_lib.Dataset,
                               "train_result.json).")
     _progress(say, f"using CloudCNN from {cfg.cloud_dir}")
     return pathlib.Path(cfg.cloud_dir)
+  shipped = SHIPPED_MODELS / f"{dataset.info.name}-{cfg.preset}-seed0"
+  if cfg.use_shipped_cloud and cloud_model.is_trained(shipped):
+    _progress(say, f"using the CloudCNN shipped in {shipped} (see its "
+                   "train_result.json; --nouse_shipped_cloud trains one)")
+    return shipped
   directory = cfg.workdir / "cloud" / (f"{dataset.info.name}-{cfg.preset}-"
                                        f"seed{cfg.seed}-e{cfg.cloud_epochs}")
   if cloud_model.is_trained(directory):
@@ -252,7 +262,7 @@ def run(cfg: MainJobConfig, say: Callable[[str], None] = print) -> pd.DataFrame:
                                      mode="center"), y_test)
         row["edgecnn0_test_accuracy_10crop"] = _edgecnn0_accuracy(
             edge, labelled_sets[k], dataset, [uploaded[k][i] for i in used],
-            x_test, y_test, cfg)
+            edge.val_mask(used), x_test, y_test, cfg)
         rows.append(row)
         _progress(say, f"{row['edge_id']} v{row['model_version']}: "
                        f"EdgeCNN1 {row.get('test_accuracy_10crop', float('nan')):.4f}"
@@ -273,12 +283,13 @@ def run(cfg: MainJobConfig, say: Callable[[str], None] = print) -> pd.DataFrame:
   return frame
 
 
-def _edgecnn0_accuracy(edge, labelled, dataset, uploaded_idx, x_test, y_test,
-                       cfg) -> float:
-  """EdgeCNN0-m from scratch on the same images, with true labels (the
-  paper's fair comparison)."""
+def _edgecnn0_accuracy(edge, labelled, dataset, uploaded_idx, val_mask,
+                       x_test, y_test, cfg) -> float:
+  """EdgeCNN0-m from scratch on the same training and validation images as
+  the edge's version, with true labels (the paper's fair comparison)."""
   ds, split = labelled.with_extra(dataset.x_train[uploaded_idx],
                                   dataset.y_train[uploaded_idx],
+                                  val_mask=val_mask,
                                   x_test=x_test, y_test=y_test)
   model = models.build_edge_cnn_from_payload(edge.payload, pretrained=False,
                                              seed=cfg.seed)

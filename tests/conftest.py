@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from edgecnn import data as data_lib
+from edgecnn import train as train_lib
 
 
 def write_idx(path: pathlib.Path, array: np.ndarray, *, gz: bool = True) -> None:
@@ -126,3 +127,20 @@ def tiny_cloud(tmp_path_factory):
   save_tiny_cloud(root / "cloud")
   (root / "cloud" / "train_result.json").write_text("{}")
   return root
+
+
+def scripted_trainer(vals):
+  """A trainer whose models have scripted validation accuracies: the k-th
+  model it trains scores vals[k] with its ``validator`` (gate tests)."""
+  calls = iter(vals)
+  scores = {}
+
+  def trainer(model, dataset, split, config, **kw):
+    result = train_lib.train_and_evaluate(model, dataset, split, config, **kw)
+    scores[id(model)] = result.best_val_accuracy = next(calls)
+    trainer.splits.append(split)
+    return result
+
+  trainer.validator = lambda model, images, labels: scores[id(model)]
+  trainer.splits = []
+  return trainer

@@ -24,6 +24,7 @@ from edgecnn.edge import runtime as runtime_lib
 from edgecnn.edge import service as edge_service
 from tests.conftest import fake_dataset
 from tests.conftest import save_tiny_cloud
+from tests.conftest import scripted_trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICK = train_lib.get_config("paper", max_epochs=1, batch_size=16)
@@ -300,18 +301,14 @@ def test_storage_quota_refuses_uploads_predict_goes_on_compaction_frees(tmp_path
 def test_five_hot_swaps_in_a_row_all_take_effect(tmp_path, cloud):
   root, runtime, ds = cloud
   server = serving.BackgroundServer(cloud_service.create_app(runtime)).start()
-  vals = iter([0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
-
-  def trainer(*args, **kwargs):
-    result = train_lib.train_and_evaluate(*args, **kwargs)
-    result.best_val_accuracy = next(vals)
-    return result
+  trainer = scripted_trainer([0.5, 0.6, 0.7, 0.8, 0.9, 0.95])
 
   cfg = runtime_lib.EdgeConfig(edge_id="s", workdir=tmp_path / "edge",
                                train_config=QUICK)
   edge = runtime_lib.EdgeRuntime(cfg, _labelled(ds),
                                  client_lib.CloudClient(server.url, "tok"),
-                                 policy=policy_lib.AlwaysPolicy(), trainer=trainer)
+                                 policy=policy_lib.AlwaysPolicy(), trainer=trainer,
+                                 validator=trainer.validator)
   edge.start()
   http = serving.BackgroundServer(edge_service.create_app(edge)).start()
   try:

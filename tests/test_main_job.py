@@ -17,7 +17,7 @@ def test_main_job_runs_end_to_end(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.main_job",
        f"--data_dir={tmp_path / 'data'}", f"--workdir={tmp_path / 'w'}",
-       f"--results_csv={tmp_path / 'main_job.csv'}", "--cloud_epochs=1",
+       f"--results_csv={tmp_path / 'main_job.csv'}", "--nouse_shipped_cloud", "--cloud_epochs=1",
        "--cloud_num_images=60", "--num_labelled=20", "--stream_per_edge=24",
        "--burst=12", "--quiet_gap_s=1", "--retrain_threshold=12",
        "--edge_max_epochs=1", "--test_images=20", "--edges=3,5",
@@ -32,3 +32,31 @@ def test_main_job_runs_end_to_end(tmp_path):
     assert group.num_cloud_labels.tolist() == [0, 12, 24]
   assert rows.edgecnn0_test_accuracy_10crop.notna().all()
   assert "model_version" in proc.stdout and "main job finished" in proc.stdout
+
+
+def test_main_job_prefers_the_shipped_cloud_model(tmp_path):
+  import types
+
+  from edgecnn import cloud_model
+  from edgecnn import data as data_lib
+  from edgecnn import main_job
+
+  shipped = main_job.SHIPPED_MODELS / "fashion_mnist-compact-seed0"
+  assert cloud_model.is_trained(shipped), "results/models lost its CloudCNN"
+  dataset = types.SimpleNamespace(info=data_lib.dataset_info("fashion_mnist"))
+  said = []
+  cfg = main_job.MainJobConfig(workdir=tmp_path, results_csv=tmp_path / "r.csv")
+  assert main_job._ensure_cloud(cfg, dataset, said.append) == shipped
+  assert "shipped" in said[-1]
+  # No shipped model for this preset: it would train (and cache) one; a
+  # cached one is reused without training.
+  cached = tmp_path / "cloud" / "fashion_mnist-paper-seed0-e2"
+  cached.mkdir(parents=True)
+  for name in ("build.json", "cloud.weights.h5", "dataset.json",
+               "train_result.json"):
+    (cached / name).write_text("{}")
+  cfg = main_job.MainJobConfig(workdir=tmp_path, results_csv=tmp_path / "r.csv",
+                               preset="paper")
+  assert cloud_model.is_trained(cached)
+  assert main_job._ensure_cloud(cfg, dataset, said.append) == cached
+  assert "reusing cached" in said[-1]

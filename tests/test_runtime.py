@@ -17,6 +17,7 @@ from edgecnn.edge import runtime as runtime_lib
 from edgecnn.edge import service as edge_service
 from tests.conftest import fake_dataset
 from tests.conftest import save_tiny_cloud
+from tests.conftest import scripted_trainer
 
 QUICK = train_lib.get_config("paper", max_epochs=2, lr_patience=1,
                              stop_patience=2, batch_size=16)
@@ -35,7 +36,7 @@ def cloud(tmp_path_factory):
 
 
 def make_edge(tmp_path, cloud, *, policy=None, monitor=None, trainer=None,
-              threshold=8, edge_id="edge-a"):
+              threshold=8, edge_id="edge-a", cloud_val_every=10):
   runtime, server, ds = cloud
   labelled = runtime_lib.LabelledData(
       ds.x_train[:40], ds.y_train[:40],
@@ -43,11 +44,13 @@ def make_edge(tmp_path, cloud, *, policy=None, monitor=None, trainer=None,
       ds.info, "fake")
   config = runtime_lib.EdgeConfig(edge_id=edge_id, workdir=tmp_path / edge_id,
                                   num_shared=3, retrain_threshold=threshold,
-                                  upload_batch=5, train_config=QUICK)
+                                  upload_batch=5, train_config=QUICK,
+                                  cloud_val_every=cloud_val_every)
   cloud_client = client_lib.CloudClient(server.url, "cloud-secret")
-  edge = runtime_lib.EdgeRuntime(config, labelled, cloud_client, policy=policy,
-                                 monitor=monitor, admin_token="admin-secret",
-                                 trainer=trainer)
+  edge = runtime_lib.EdgeRuntime(
+      config, labelled, cloud_client, policy=policy, monitor=monitor,
+      admin_token="admin-secret", trainer=trainer,
+      validator=getattr(trainer, "validator", None))
   edge.start()
   edge_server = serving.BackgroundServer(edge_service.create_app(edge)).start()
   return edge, edge_server
@@ -150,7 +153,7 @@ def test_m_labels_trigger_retrain_version_2_served(tmp_path, cloud):
   _, _, ds = cloud
   edge, server = make_edge(tmp_path, cloud, threshold=6,
                            policy=policy_lib.AlwaysPolicy(),
-                           trainer=_scripted_trainer([0.5, 0.9]))
+                           trainer=scripted_trainer([0.5, 0.9]))
   try:
     client = client_lib.EdgeClient(server.url)
     for i in range(6):
@@ -176,22 +179,11 @@ def test_m_labels_trigger_retrain_version_2_served(tmp_path, cloud):
     edge.stop()
 
 
-def _scripted_trainer(vals):
-  """A trainer whose validation accuracies are scripted (gate tests)."""
-  calls = iter(vals)
-
-  def trainer(model, dataset, split, config, **kw):
-    result = train_lib.train_and_evaluate(model, dataset, split, config, **kw)
-    result.best_val_accuracy = next(calls)
-    return result
-  return trainer
-
-
 def test_better_retrain_deployed_worse_not(tmp_path, cloud):
   _, _, ds = cloud
   edge, server = make_edge(tmp_path, cloud, threshold=2,
                            policy=policy_lib.AlwaysPolicy(),
-                           trainer=_scripted_trainer([0.5, 0.7, 0.6]))
+                           trainer=scripted_trainer([0.5, 0.7, 0.6]))
   try:
     client = client_lib.EdgeClient(server.url, "admin-secret")
     for i in range(2):
@@ -207,6 +199,77 @@ def test_better_retrain_deployed_worse_not(tmp_path, cloud):
     assert status["serving_version"] == 2
     assert [v["deployed"] for v in status["versions"]] == [True, True, False]
     assert not (tmp_path / "edge-a" / "serving" / "edgecnn" / "3").exists()
+  finally:
+    server.stop()
+    edge.stop()
+
+
+def test_gate_measures_both_models_on_the_same_images_incl_cloud_held_out(
+    tmp_path, cloud):
+  _, _, ds = cloud
+  edge, server = make_edge(tmp_path, cloud, threshold=100, cloud_val_every=2,
+                           policy=policy_lib.AlwaysPolicy())
+  seen = []
+
+  def validator(model, images, labels):
+    seen.append((model, images.copy(), labels.copy()))
+    return 1.0 if len(seen) % 2 else 0.0  # candidate 1.0, serving 0.0
+
+  edge.validator = validator
+  try:
+    ids = [edge.classify_upload(png(ds, 40 + i))["object_id"]
+           for i in range(12)]
+    for _ in range(4):  # batches of upload_batch=5
+      edge.upload_once()
+    assert sorted(edge.store.labelled()[0]) == sorted(ids)
+    mask = edge.val_mask(ids)
+    assert mask.tolist() == edge.val_mask(ids).tolist()  # stable
+    assert 0 < mask.sum() < 12
+    out = edge.retrain()
+    assert out["status"] == "deployed"
+    own_val = len(edge.labelled.split.val)
+    assert out["validation_images"] == own_val + int(mask.sum())
+    (candidate, x1, y1), (serving_model, x2, y2) = seen
+    assert candidate is not serving_model
+    assert serving_model is not edge.slot.current().model  # v1 was judged
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(y1, y2)
+    assert len(x1) == own_val + int(mask.sum())
+    versions = edge.store.versions()
+    assert versions[1]["val_accuracy"] == 1.0
+    assert versions[1]["num_labels"] == len(edge.labelled.split.train) + \
+        int((~mask).sum())
+  finally:
+    server.stop()
+    edge.stop()
+
+
+def test_with_extra_sends_masked_extras_to_validation(cloud):
+  _, _, ds = cloud
+  labelled = runtime_lib.LabelledData(
+      ds.x_train[:20], ds.y_train[:20], data_lib.subset_split(20, None, seed=0),
+      ds.info, "fake")
+  mask = np.array([True, False, False, True, False])
+  full, split = labelled.with_extra(ds.x_train[20:25], ds.y_train[20:25],
+                                    val_mask=mask)
+  assert sorted(split.val.tolist()) == sorted(
+      labelled.split.val.tolist() + [20, 23])
+  assert sorted(split.train.tolist()) == sorted(
+      labelled.split.train.tolist() + [21, 22, 24])
+  np.testing.assert_array_equal(full.x_train[20:], ds.x_train[20:25])
+  with pytest.raises(ValueError, match="one entry per extra image"):
+    labelled.with_extra(ds.x_train[20:25], ds.y_train[20:25],
+                        val_mask=mask[:3])
+
+
+def test_val_mask_holds_out_about_one_in_k(tmp_path, cloud):
+  edge, server = make_edge(tmp_path, cloud)
+  try:
+    ids = [f"obj-{i}" for i in range(2000)]
+    frac = edge.val_mask(ids).mean()
+    assert 0.07 < frac < 0.13  # k=10: the paper's 9:1 split
+    edge.config.cloud_val_every = 0
+    assert not edge.val_mask(ids).any()
   finally:
     server.stop()
     edge.stop()

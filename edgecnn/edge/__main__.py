@@ -56,7 +56,12 @@ IDLE_WINDOW = flags.DEFINE_string(
     "addition to the quiet-network rule).")
 GATE_TOLERANCE = flags.DEFINE_float(
     "gate_tolerance", 0.0, "Deploy a retrained model if its validation "
-    "accuracy is >= the serving one's minus this.")
+    "accuracy is >= the serving one's minus this (both measured on the same "
+    "validation images when the retrain finishes).")
+CLOUD_VAL_EVERY = flags.DEFINE_integer(
+    "cloud_val_every", 10, "Every k-th cloud-labelled object (by id hash) "
+    "validates instead of training: the paper's 9:1 split over N + M. 0: only "
+    "the edge's own held-out images validate.", lower_bound=0)
 MAX_BATCH = flags.DEFINE_integer(
     "max_batch", 64, "Server-side dynamic batching: rows per forward pass "
     "(1 turns batching off).")
@@ -102,6 +107,7 @@ def main(argv):
       edge_id=EDGE_ID.value, workdir=pathlib.Path(WORKDIR.value),
       num_shared=NUM_SHARED.value, retrain_threshold=RETRAIN_THRESHOLD.value,
       upload_batch=UPLOAD_BATCH.value, gate_tolerance=GATE_TOLERANCE.value,
+      cloud_val_every=CLOUD_VAL_EVERY.value,
       train_config=train_lib.get_config("paper", max_epochs=MAX_EPOCHS.value),
       model_seed=SEED.value, max_batch=MAX_BATCH.value,
       max_batch_wait_s=MAX_BATCH_WAIT.value / 1000,
