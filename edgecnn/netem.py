@@ -7,7 +7,10 @@ the real ones, with the same ``LinkSpec``:
     ``phone``, ``edge`` and ``cloud`` joined by veth pairs, each direction
     shaped by a netem qdisc (``delay`` + ``rate``) on its sending side. The
     kernel does the shaping; traffic stays on this machine. Namespaces are
-    deleted on exit, on exceptions and on SIGTERM/SIGINT.
+    deleted on exit, on exceptions and on SIGTERM/SIGINT. On kernels built
+    without ``sch_netem`` (some VM kernels) the kernel shapes the rate with
+    tbf and a delay-only relay inside the server's namespace adds the
+    one-way delay each way (``NetnsTopology.endpoint``).
   * ``ShapingProxy`` (no privileges): a TCP proxy on loopback that forwards
     each direction through a token bucket at the link's rate and holds every
     chunk for the one-way delay.
@@ -110,12 +113,27 @@ class ShapingProxy:
     link: the LinkSpec; "up" is client -> server.
   """
 
-  def __init__(self, target: tuple[str, int], link: LinkSpec):
-    self.target, self.link = target, link
+  def __init__(self, target: tuple[str, int], link: LinkSpec, *,
+               listen: tuple[str, int] = ("127.0.0.1", 0),
+               netns: str | None = None):
+    self.target, self.link, self.listen, self.netns = target, link, listen, netns
     self._loop = asyncio.new_event_loop()
-    self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._entered = threading.Event()
+    self._error: BaseException | None = None
     self._server = None
     self.port = None
+
+  def _run(self) -> None:
+    try:
+      if self.netns is not None:  # this thread's sockets live there
+        _enter_netns(self.netns)
+    except OSError as e:
+      self._error = e
+      return
+    finally:
+      self._entered.set()
+    self._loop.run_forever()
 
   async def _handle(self, c_reader, c_writer):
     try:
@@ -136,15 +154,19 @@ class ShapingProxy:
 
   def start(self) -> "ShapingProxy":
     self._thread.start()
+    self._entered.wait(10)
+    if self._error is not None:
+      raise RuntimeError(f"Cannot enter network namespace {self.netns}: "
+                         f"{self._error}") from self._error
     fut = asyncio.run_coroutine_threadsafe(
-        asyncio.start_server(self._handle, "127.0.0.1", 0), self._loop)
+        asyncio.start_server(self._handle, *self.listen), self._loop)
     self._server = fut.result(10)
     self.port = self._server.sockets[0].getsockname()[1]
     return self
 
   @property
   def address(self) -> tuple[str, int]:
-    return "127.0.0.1", self.port
+    return self.listen[0], self.port
 
   def stop(self) -> None:
     async def shutdown():
@@ -159,6 +181,24 @@ class ShapingProxy:
       self._loop.call_soon_threadsafe(self._loop.stop)
       self._thread.join(timeout=5)
     self._loop.close()
+
+
+_CLONE_NEWNET = 0x40000000
+UNLIMITED = 1e12  # bytes/s: a link that only delays
+
+
+def _enter_netns(name: str) -> None:
+  """Moves the calling thread (only) into network namespace ``name``:
+  sockets it creates afterwards live there."""
+  import ctypes
+  libc = ctypes.CDLL(None, use_errno=True)
+  fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+  try:
+    if libc.setns(fd, _CLONE_NEWNET) != 0:
+      err = ctypes.get_errno()
+      raise OSError(err, f"setns: {os.strerror(err)}")
+  finally:
+    os.close(fd)
 
 
 # --- kernel shaping in network namespaces -------------------------------------------
@@ -207,7 +247,7 @@ def netem_available() -> bool:
 
 def _shape(ns: str, dev: str, rate: float, delay: float) -> None:
   """Shapes what ``dev`` sends: netem (delay + rate) where the kernel has it,
-  else tbf (rate only; a non-zero delay is then an error)."""
+  else tbf (rate only; NetnsTopology.endpoint then adds the delay)."""
   # Large GSO segments would pass a token bucket in one burst.
   _run("ip", "netns", "exec", ns, "ip", "link", "set", "dev", dev,
        "gso_max_size", "1500")
@@ -216,11 +256,6 @@ def _shape(ns: str, dev: str, rate: float, delay: float) -> None:
          "netem", "delay", f"{int(delay * 1e6)}us", "rate",
          f"{int(rate * 8)}bit", "limit", "100000")
     return
-  if delay > 0:
-    raise RuntimeError(
-        "This kernel has no netem qdisc (sch_netem), so links with a delay "
-        "cannot be shaped in the kernel; use the proxy emulation "
-        "(--emulation=proxy) or a kernel with netem.")
   burst = max(4 * 1514, int(rate / 250))
   _run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root",
        "tbf", "rate", f"{int(rate * 8)}bit", "burst", str(burst), "latency",
@@ -249,6 +284,10 @@ class NetnsTopology:
 
   Use as a context manager: the namespaces are deleted on exit, on
   exceptions, and on SIGTERM/SIGINT while it is open.
+
+  Clients reach a service through ``endpoint(host, peer, port)``: the
+  service's own address where netem delays in the kernel, else a delay-only
+  relay in the service's namespace (the kernel's tbf still sets the rate).
   """
 
   PAIRS = (("phone", "edge"), ("phone", "cloud"), ("edge", "cloud"))
@@ -261,6 +300,27 @@ class NetnsTopology:
                   ("edge", "cloud"): backhaul}
     self._addr: dict[tuple[str, str], str] = {}
     self._old_handlers = {}
+    self._relays: dict[tuple[str, str, int], ShapingProxy] = {}
+
+  @property
+  def delay_in(self) -> str:
+    """Where the one-way delays are added: "netem" or "relay"."""
+    return "netem" if netem_available() else "relay"
+
+  def endpoint(self, host: str, peer: str, port: int) -> tuple[str, int]:
+    """The (address, port) at which ``peer`` reaches ``host``'s service on
+    ``port`` over their shaped link. The service must listen on 0.0.0.0 or
+    127.0.0.1 in its namespace."""
+    link = self.links.get((host, peer)) or self.links.get((peer, host))
+    address = self.address(host, peer)
+    if link is None or link.delay_s == 0 or self.delay_in == "netem":
+      return address, port
+    key = (host, peer, port)
+    if key not in self._relays:
+      self._relays[key] = ShapingProxy(
+          ("127.0.0.1", port), LinkSpec(UNLIMITED, UNLIMITED, link.delay_s),
+          listen=(address, 0), netns=self.ns[host]).start()
+    return self._relays[key].address
 
   def address(self, host: str, peer: str) -> str:
     return self._addr[(host, peer)]
@@ -305,6 +365,12 @@ class NetnsTopology:
       raise KeyboardInterrupt
 
   def close(self) -> None:
+    relays, self._relays = list(self._relays.values()), {}
+    for relay in relays:
+      try:
+        relay.stop()
+      except Exception:  # noqa: BLE001 - the namespaces must go regardless
+        pass
     for ns in self.ns.values():
       if ns in _LIVE:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)

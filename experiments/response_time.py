@@ -10,9 +10,11 @@ emulation and image format.
 
 Emulation (--emulation): `netns` puts phone, edge and cloud in Linux network
 namespaces joined by veth pairs shaped in the kernel (needs root and
-iproute2; netem for delays, tbf for rate-only links); `proxy` runs everything
-on loopback and shapes with a token-bucket TCP proxy; `auto` (default) uses
-netns where the kernel can shape the requested links, else the proxy.
+iproute2): netem for delay and rate, or, on kernels without sch_netem, tbf
+for the rate and a delay-only relay in each server's namespace for the
+delay (recorded as emulation=netns-relay); `proxy` runs everything on
+loopback and shapes with a token-bucket TCP proxy; `auto` (default) uses
+netns where namespaces can be made, else the proxy.
 
   python -m experiments.response_time --link=lte --cloud_dir=workdir/cloud/...
 """
@@ -74,17 +76,21 @@ def main(argv):
       lte_down=LTE_DOWN.value * rt.KB, wifi=WIFI.value * rt.KB)
   mode = EMULATION.value
   netns_ok, why = netem.netns_available()
-  needs_delay = links.edge.delay_s > 0 or links.cloud.delay_s > 0
   if mode == "auto":
-    mode = "netns" if netns_ok and (netem.netem_available() or not needs_delay) \
-        else "proxy"
+    mode = "netns" if netns_ok else "proxy"
     logging.info("emulation: %s%s", mode, "" if mode == "netns" else
-                 f" (kernel shaping: {why or 'no netem for the delays'})")
+                 f" (kernel shaping: {why})")
   elif mode == "netns" and not netns_ok:
     raise app.UsageError(f"--emulation=netns is unavailable here: {why}.")
+  needs_delay = links.edge.delay_s > 0 or links.cloud.delay_s > 0
+  label = mode
+  if mode == "netns" and needs_delay and not netem.netem_available():
+    label = "netns-relay"  # tbf rate in the kernel, delays in a relay
+    logging.info("this kernel has no sch_netem: tbf shapes the rates and a "
+                 "relay in each server's namespace adds the delays")
 
   log = common.result_log("response_time")
-  conditions = {kb: f"link={LINK.value};size_kb={kb:g};emulation={mode};"
+  conditions = {kb: f"link={LINK.value};size_kb={kb:g};emulation={label};"
                     f"image={IMAGE_FORMAT.value}" for kb in sizes}
   model_names = {"edge": f"EdgeCNN1-{NUM_SHARED.value}", "cloud": "CloudCNN"}
   base = {"dataset": dataset_name, "preset": common.PRESET.value, "labels": "",
@@ -96,9 +102,9 @@ def main(argv):
   if all(log.done(k) for k in keys.values()):
     logging.info("%s already has these rows.", log.path)
     return
-  common.save_flags(log, f"{LINK.value}-{mode}")
+  common.save_flags(log, f"{LINK.value}-{label}")
 
-  work = pathlib.Path(common.WORKDIR.value) / "response_time" / f"{LINK.value}-{mode}"
+  work = pathlib.Path(common.WORKDIR.value) / "response_time" / f"{LINK.value}-{label}"
   work.mkdir(parents=True, exist_ok=True)
   token = secrets.token_urlsafe(16)
   procs = []
@@ -130,11 +136,12 @@ def main(argv):
     spec = {"sizes_kb": sizes, "repeats": REPEATS.value,
             "fmt": IMAGE_FORMAT.value, "channels": info.image_shape[2]}
     if mode == "netns":
+      ehost, eport_seen = topo.endpoint("edge", "phone", eport)
+      chost, cport_seen = topo.endpoint("cloud", "phone", cport)
       spec["targets"] = {
-          "edge": {"host": topo.address("edge", "phone"), "port": eport,
-                   "path": "/v1/classify"},
-          "cloud": {"host": topo.address("cloud", "phone"), "port": cport,
-                    "path": "/v1/classify", "token": token}}
+          "edge": {"host": ehost, "port": eport_seen, "path": "/v1/classify"},
+          "cloud": {"host": chost, "port": cport_seen, "path": "/v1/classify",
+                    "token": token}}
       logging.info("phone in its namespace; waiting for the services")
       services.wait_healthy(
           procs, [(t["host"], t["port"]) for t in spec["targets"].values()],

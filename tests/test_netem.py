@@ -17,11 +17,6 @@ PAYLOAD = b"x" * 400_000
 # Expected: one-way delay up + payload at the uplink rate + delay back.
 EXPECTED = 2 * LINK.delay_s + len(PAYLOAD) / LINK.up_bytes_per_s
 TOLERANCE = 0.15  # relative; TCP slow start and scheduling noise fit in it
-# Kernels without sch_netem (like this project's CI) shape rate with tbf
-# only, so the kernel-vs-proxy comparison uses a link without delay there.
-KERNEL_LINK = LINK if netem.netns_available()[0] and netem.netem_available() \
-    else netem.LinkSpec(LINK.up_bytes_per_s, LINK.down_bytes_per_s, 0.0)
-KERNEL_EXPECTED = 2 * KERNEL_LINK.delay_s + len(PAYLOAD) / KERNEL_LINK.up_bytes_per_s
 
 
 def _start_echo(prefix=(), host="127.0.0.1"):
@@ -68,29 +63,39 @@ def test_proxy_delivers_configured_rate_and_delay():
 NETNS_OK, NETNS_WHY = netem.netns_available()
 
 
+def _timed_from(prefix, host, port, payload_len):
+  """Median of 3 transfers of payload_len bytes, run inside ``prefix``'s
+  namespace."""
+  code = ("import sys; from edgecnn import netem; "
+          "ts = sorted(netem.timed_transfer(sys.argv[1], int(sys.argv[2]), "
+          "b'x' * int(sys.argv[3]))[0] for _ in range(3)); print(ts[1])")
+  out = subprocess.run(
+      [*prefix, sys.executable, "-c", code, host, str(port), str(payload_len)],
+      env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+      text=True, check=True)
+  return float(out.stdout)
+
+
 @pytest.mark.skipif(not NETNS_OK, reason=f"kernel shaping unavailable: {NETNS_WHY}")
 def test_netns_delivers_configured_rate_and_delay_and_agrees_with_proxy():
-  with netem.NetnsTopology(KERNEL_LINK, KERNEL_LINK) as topo:
-    server, port = _start_echo(topo.exec_prefix("edge"),
-                               topo.address("edge", "phone"))
+  with netem.NetnsTopology(LINK, LINK) as topo:
+    # Delay in netem, or (kernels without sch_netem) in a relay inside the
+    # edge's namespace while tbf in the kernel sets the rate.
+    server, port = _start_echo(topo.exec_prefix("edge"), "0.0.0.0")
     try:
-      code = ("import sys; from edgecnn import netem; "
-              "ts = sorted(netem.timed_transfer(sys.argv[1], int(sys.argv[2]), "
-              "b'x' * int(sys.argv[3]))[0] for _ in range(3)); print(ts[1])")
-      out = subprocess.run(
-          [*topo.exec_prefix("phone"), sys.executable, "-c", code,
-           topo.address("edge", "phone"), str(port), str(len(PAYLOAD))],
-          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-          text=True, check=True)
-      kernel = float(out.stdout)
+      host, eport = topo.endpoint("edge", "phone", port)
+      assert host == topo.address("edge", "phone")
+      assert (eport == port) == (topo.delay_in == "netem")
+      kernel = _timed_from(topo.exec_prefix("phone"), host, eport, len(PAYLOAD))
+      small = _timed_from(topo.exec_prefix("phone"), host, eport, 1)
     finally:
       server.kill()
-    assert kernel == pytest.approx(KERNEL_EXPECTED, rel=TOLERANCE)
-    names = topo.live_namespaces()
-    assert len(names) == 3
+    assert kernel == pytest.approx(EXPECTED, rel=TOLERANCE)
+    assert small == pytest.approx(2 * LINK.delay_s, abs=0.02)
+    assert len(topo.live_namespaces()) == 3
   assert topo.live_namespaces() == []  # cleaned up
   server2, port2 = _start_echo()
-  proxy = netem.ShapingProxy(("127.0.0.1", port2), KERNEL_LINK).start()
+  proxy = netem.ShapingProxy(("127.0.0.1", port2), LINK).start()
   try:
     user = sorted(netem.timed_transfer(*proxy.address, PAYLOAD)[0]
                   for _ in range(3))[1]
@@ -101,19 +106,28 @@ def test_netns_delivers_configured_rate_and_delay_and_agrees_with_proxy():
   assert user == pytest.approx(kernel, rel=TOLERANCE)
 
 
-@pytest.mark.skipif(not NETNS_OK or netem.netem_available(),
-                    reason="only kernels without netem")
-def test_netns_without_netem_refuses_a_delay_clearly():
-  with pytest.raises(RuntimeError, match="no netem qdisc.*--emulation=proxy"):
-    with netem.NetnsTopology(LINK, LINK):
-      pass
+@pytest.mark.skipif(not NETNS_OK, reason=f"kernel shaping unavailable: {NETNS_WHY}")
+def test_netns_rate_alone_is_the_kernels():
+  """Without delay the kernel's qdisc alone shapes (no relay)."""
+  link = netem.LinkSpec(LINK.up_bytes_per_s, LINK.down_bytes_per_s, 0.0)
+  with netem.NetnsTopology(link, link) as topo:
+    server, port = _start_echo(topo.exec_prefix("edge"), "0.0.0.0")
+    try:
+      assert topo.endpoint("edge", "phone", port) == (
+          topo.address("edge", "phone"), port)
+      took = _timed_from(topo.exec_prefix("phone"),
+                         topo.address("edge", "phone"), port, len(PAYLOAD))
+    finally:
+      server.kill()
+  assert took == pytest.approx(len(PAYLOAD) / link.up_bytes_per_s,
+                               rel=TOLERANCE)
 
 
 @pytest.mark.skipif(not NETNS_OK, reason=f"kernel shaping unavailable: {NETNS_WHY}")
 def test_netns_cleaned_up_after_an_exception():
   names = []
   with pytest.raises(RuntimeError, match="boom"):
-    with netem.NetnsTopology(KERNEL_LINK, KERNEL_LINK) as topo:
+    with netem.NetnsTopology(LINK, LINK) as topo:
       names = list(topo.ns.values())
       raise RuntimeError("boom")
   listed = subprocess.run(["ip", "netns", "list"], capture_output=True,
