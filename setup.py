@@ -21,7 +21,10 @@ setuptools.setup(
         "pandas",
         "absl-py",
         "fastapi",
-        "uvicorn",
+        # uvloop and httptools: the event loop and HTTP parser that keep
+        # per-request overhead low under load (docs/reliability.md).
+        "uvicorn[standard]",
+        "orjson",
         "httpx",
         "pillow",
     ],

@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import urllib.parse
 
 from absl import app
 from absl import flags
@@ -42,6 +43,10 @@ MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "Edge's dynamic batching.")
 MAX_WAIT = flags.DEFINE_float("max_batch_wait_ms", 2.0, "Edge's batch wait.")
 NUM_LABELLED = flags.DEFINE_integer("num_labelled", 120,
                                     "Labelled images of the edge's Alg. 1.")
+CLIENT = flags.DEFINE_enum(
+    "client", "raw", ["raw", "httpx"], "Load generator's HTTP client: raw "
+    "keep-alive HTTP/1.1 sockets (little CPU of its own, so the edge gets the "
+    "cores) or httpx.")
 HOT_SWAPS = flags.DEFINE_integer(
     "hot_swaps", 0, "Retrains forced (and deployed if not worse) during an "
     "extra load run at the highest concurrency.")
@@ -54,30 +59,94 @@ def _rss_mb(pid: int) -> float:
   return float("nan")
 
 
-async def _load(url: str, body: bytes, concurrency: int, seconds: float):
+class _RawConnection:
+  """One keep-alive HTTP/1.1 connection that posts a fixed JSON body.
+
+  The generator shares the machine's cores with the edge it measures; httpx
+  spends about a millisecond of CPU per request, this a few tens of
+  microseconds, so the numbers describe the server rather than the client.
+  """
+
+  def __init__(self, url: str, body: bytes):
+    parts = urllib.parse.urlsplit(url)
+    self.host, self.port = parts.hostname, parts.port
+    self.request = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                    "Content-Type: application/json\r\nContent-Length: "
+                    f"{len(body)}\r\n\r\n").encode() + body
+    self.reader = self.writer = None
+
+  async def post(self) -> int:
+    """Sends the request; returns the status (reconnects after an error)."""
+    if self.writer is None:
+      self.reader, self.writer = await asyncio.open_connection(self.host,
+                                                               self.port)
+    try:
+      self.writer.write(self.request)
+      head = await self.reader.readuntil(b"\r\n\r\n")
+      length = None
+      for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+          length = int(value)
+      if length is None:
+        raise ConnectionError("response without Content-Length")
+      await self.reader.readexactly(length)
+      return int(head[9:12])
+    except (OSError, asyncio.IncompleteReadError, ValueError):
+      self.close()
+      raise ConnectionError("connection failed")
+
+  def close(self) -> None:
+    if self.writer is not None:
+      self.writer.close()
+    self.reader = self.writer = None
+
+
+async def _posters(url: str, body: bytes, n: int):
+  """n async callables that post ``body`` and return the status, and a
+  cleanup coroutine; --client chooses raw keep-alive sockets or httpx."""
+  if CLIENT.value == "raw":
+    conns = [_RawConnection(url, body) for _ in range(n)]
+
+    async def close():
+      for c in conns:
+        c.close()
+    return [c.post for c in conns], close
   import httpx
+  client = httpx.AsyncClient(limits=httpx.Limits(
+      max_connections=n, max_keepalive_connections=n), timeout=60)
+
+  async def post():
+    try:
+      r = await client.post(url, content=body,
+                            headers={"Content-Type": "application/json"})
+    except httpx.HTTPError as e:
+      raise ConnectionError(str(e)) from e
+    return r.status_code
+  return [post] * n, client.aclose
+
+
+async def _load(url: str, body: bytes, concurrency: int, seconds: float):
   latencies, failures = [], 0
   stop = time.monotonic() + seconds
-  limits = httpx.Limits(max_connections=concurrency,
-                        max_keepalive_connections=concurrency)
-  async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-    async def worker():
-      nonlocal failures
-      while time.monotonic() < stop:
-        start = time.perf_counter()
-        try:
-          r = await client.post(url, content=body,
-                                headers={"Content-Type": "application/json"})
-          ok = r.status_code == 200
-        except httpx.HTTPError:
-          ok = False
-        if ok:
-          latencies.append(time.perf_counter() - start)
-        else:
-          failures += 1
-    begin = time.perf_counter()
-    await asyncio.gather(*[worker() for _ in range(concurrency)])
-    elapsed = time.perf_counter() - begin
+  posts, close = await _posters(url, body, concurrency)
+
+  async def worker(post):
+    nonlocal failures
+    while time.monotonic() < stop:
+      start = time.perf_counter()
+      try:
+        ok = await post() == 200
+      except ConnectionError:
+        ok = False
+      if ok:
+        latencies.append(time.perf_counter() - start)
+      else:
+        failures += 1
+  begin = time.perf_counter()
+  await asyncio.gather(*[worker(post) for post in posts])
+  elapsed = time.perf_counter() - begin
+  await close()
   return latencies, failures, elapsed
 
 
@@ -163,7 +232,8 @@ def main(argv):
       rate = len(lat) * INSTANCES.value / elapsed
       lat_ms = sorted(1000 * v for v in lat)
       p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else float("nan")
-      cond = f"http;concurrency={level};max_batch={MAX_BATCH.value};" \
+      cond = f"http;client={CLIENT.value};concurrency={level};" \
+             f"max_batch={MAX_BATCH.value};" \
              f"wait_ms={MAX_WAIT.value:g}"
       log.append({**key, "condition": cond}, [
           ("images_per_s", rate, "images/s"),
@@ -199,21 +269,18 @@ async def _swaps(url, base, body, level, swaps):
   import httpx
   done = asyncio.Event()
   failures = 0
+  posts, close = await _posters(url, body, level)
 
-  async def worker(client):
+  async def worker(post):
     nonlocal failures
     while not done.is_set():
       try:
-        r = await client.post(url, content=body,
-                              headers={"Content-Type": "application/json"})
-        failures += r.status_code != 200
-      except httpx.HTTPError:
+        failures += await post() != 200
+      except ConnectionError:
         failures += 1
 
-  limits = httpx.Limits(max_connections=level)
-  async with httpx.AsyncClient(limits=limits, timeout=60) as client, \
-      httpx.AsyncClient(timeout=900) as admin:
-    workers = [asyncio.create_task(worker(client)) for _ in range(level)]
+  async with httpx.AsyncClient(timeout=900) as admin:
+    workers = [asyncio.create_task(worker(post)) for post in posts]
     deployed = 0
     for _ in range(swaps):
       r = await admin.post(base + "/v1/admin/retrain",
@@ -221,6 +288,7 @@ async def _swaps(url, base, body, level, swaps):
       deployed += r.json().get("status") == "deployed"
     done.set()
     await asyncio.gather(*workers)
+  await close()
   return deployed, failures
 
 

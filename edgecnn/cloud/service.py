@@ -205,10 +205,7 @@ def create_app(runtime: CloudRuntime):
     if "json" not in ctype:
       raise serving.RequestError(f"Content-Type {ctype!r} is not supported; "
                                  "send application/json.", 415)
-    try:
-      return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise serving.RequestError(f"Malformed JSON: {e}.") from e
+    return serving.parse_json(raw)
 
   def check_model(name: str, version: str | None = None):
     if name != runtime.model_name or version not in (None, "1"):
