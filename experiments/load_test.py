@@ -15,6 +15,7 @@ memory. Rows go to results/load_test.csv.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -43,6 +44,9 @@ MAX_BATCH = flags.DEFINE_integer("max_batch", 64, "Edge's dynamic batching.")
 MAX_WAIT = flags.DEFINE_float("max_batch_wait_ms", 2.0, "Edge's batch wait.")
 NUM_LABELLED = flags.DEFINE_integer("num_labelled", 120,
                                     "Labelled images of the edge's Alg. 1.")
+BODY = flags.DEFINE_enum(
+    "body", "json", ["json", "npy"], "Predict body: TF Serving's JSON "
+    "(nested lists) or the edge's binary .npy extension.")
 CLIENT = flags.DEFINE_enum(
     "client", "raw", ["raw", "httpx"], "Load generator's HTTP client: raw "
     "keep-alive HTTP/1.1 sockets (little CPU of its own, so the edge gets the "
@@ -67,11 +71,11 @@ class _RawConnection:
   microseconds, so the numbers describe the server rather than the client.
   """
 
-  def __init__(self, url: str, body: bytes):
+  def __init__(self, url: str, body: bytes, content_type: str):
     parts = urllib.parse.urlsplit(url)
     self.host, self.port = parts.hostname, parts.port
     self.request = (f"POST {parts.path} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                    "Content-Type: application/json\r\nContent-Length: "
+                    f"Content-Type: {content_type}\r\nContent-Length: "
                     f"{len(body)}\r\n\r\n").encode() + body
     self.reader = self.writer = None
 
@@ -102,11 +106,15 @@ class _RawConnection:
     self.reader = self.writer = None
 
 
+def _content_type() -> str:
+  return "application/x-npy" if BODY.value == "npy" else "application/json"
+
+
 async def _posters(url: str, body: bytes, n: int):
   """n async callables that post ``body`` and return the status, and a
   cleanup coroutine; --client chooses raw keep-alive sockets or httpx."""
   if CLIENT.value == "raw":
-    conns = [_RawConnection(url, body) for _ in range(n)]
+    conns = [_RawConnection(url, body, _content_type()) for _ in range(n)]
 
     async def close():
       for c in conns:
@@ -119,7 +127,7 @@ async def _posters(url: str, body: bytes, n: int):
   async def post():
     try:
       r = await client.post(url, content=body,
-                            headers={"Content-Type": "application/json"})
+                            headers={"Content-Type": _content_type()})
     except httpx.HTTPError as e:
       raise ConnectionError(str(e)) from e
     return r.status_code
@@ -209,7 +217,12 @@ def main(argv):
          "print(json.dumps(m['input_shape']))", str(payload)],
         env=env, capture_output=True, text=True, check=True).stdout)
     x = np.random.default_rng(0).random((INSTANCES.value, *shape)).round(4)
-    body = json.dumps({"instances": x.tolist()}).encode()
+    if BODY.value == "npy":
+      buf = io.BytesIO()
+      np.save(buf, x.astype(np.float32), allow_pickle=False)
+      body = buf.getvalue()
+    else:
+      body = json.dumps({"instances": x.tolist()}).encode()
     url = base + "/v1/models/edgecnn:predict"
     log = common.result_log("load_test")
     common.save_flags(log, f"{dataset_name}-m{NUM_SHARED.value}")
@@ -232,7 +245,8 @@ def main(argv):
       rate = len(lat) * INSTANCES.value / elapsed
       lat_ms = sorted(1000 * v for v in lat)
       p99 = lat_ms[min(len(lat_ms) - 1, int(0.99 * len(lat_ms)))] if lat_ms else float("nan")
-      cond = f"http;client={CLIENT.value};concurrency={level};" \
+      cond = f"http;client={CLIENT.value};body={BODY.value};" \
+             f"concurrency={level};" \
              f"max_batch={MAX_BATCH.value};" \
              f"wait_ms={MAX_WAIT.value:g}"
       log.append({**key, "condition": cond}, [

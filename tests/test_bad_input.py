@@ -2,6 +2,7 @@
 service answers normally afterwards (issue: services under bad input)."""
 
 import base64
+import io
 import json
 import struct
 import zlib
@@ -53,6 +54,13 @@ def _png_header_claiming(width, height):
 
 PREDICT = "/v1/models/edgecnn:predict"
 GOOD = {"instances": np.zeros((1, 24, 24, 1)).tolist()}
+NPY = serving.NPY_CONTENT_TYPE
+
+
+def _npy(array, allow_pickle=False):
+  buf = io.BytesIO()
+  np.save(buf, array, allow_pickle=allow_pickle)
+  return buf.getvalue()
 
 CASES = [
     # (name, method, path, kwargs, status, message fragment)
@@ -91,6 +99,31 @@ CASES = [
     ("unsupported content type (predict)", "post", PREDICT,
      {"content": b"x", "headers": {"Content-Type": "text/plain"}}, 415,
      "application/json"),
+    ("npy: not an npy file", "post", PREDICT,
+     {"content": b"PK\x03\x04garbage", "headers": {"Content-Type": NPY}}, 400,
+     "not a .npy array"),
+    ("npy: truncated", "post", PREDICT,
+     {"content": _npy(np.zeros((2, 24, 24, 1), np.float32))[:-10],
+      "headers": {"Content-Type": NPY}}, 400, "not a .npy array"),
+    ("npy: pickled object array", "post", PREDICT,
+     {"content": _npy(np.array([{"a": 1}], dtype=object), allow_pickle=True),
+      "headers": {"Content-Type": NPY}}, 400, "not a .npy array"),
+    ("npy: integer dtype", "post", PREDICT,
+     {"content": _npy(np.zeros((1, 24, 24, 1), np.uint8)),
+      "headers": {"Content-Type": NPY}}, 400, "dtype uint8"),
+    ("npy: wrong shape", "post", PREDICT,
+     {"content": _npy(np.zeros((1, 28, 28, 1), np.float32)),
+      "headers": {"Content-Type": NPY}}, 400, "expects [N, 24, 24, 1]"),
+    ("npy: no instance", "post", PREDICT,
+     {"content": _npy(np.zeros((0, 24, 24, 1), np.float32)),
+      "headers": {"Content-Type": NPY}}, 400, "no instance"),
+    ("npy: NaN", "post", PREDICT,
+     {"content": _npy(np.full((1, 24, 24, 1), np.nan, np.float32)),
+      "headers": {"Content-Type": NPY}}, 400, "NaN or infinity"),
+    ("npy: too many instances", "post", PREDICT,
+     {"content": _npy(np.zeros((serving.MAX_INSTANCES + 1, 24, 24, 1),
+                               np.float32)),
+      "headers": {"Content-Type": NPY}}, 413, "exceed the limit"),
     ("unknown model", "post", "/v1/models/resnet:predict", {"json": GOOD}, 404,
      "Servable not found"),
     ("unknown version", "get", "/v1/models/edgecnn/versions/7", {}, 404,
@@ -194,3 +227,17 @@ def test_gzip_label_bodies(services):
   r = httpx.post(cloud_url + "/v1/label", content=b"{}",
                  headers={**headers, "Content-Encoding": "br"})
   assert r.status_code == 415
+
+
+def test_npy_body_answers_as_the_json_body(services):
+  url, _, ds = services
+  client = client_lib.EdgeClient(url)
+  x = np.random.default_rng(0).random((5, 24, 24, 1), dtype=np.float32)
+  by_json = client.predict("edgecnn", x)
+  by_npy = client.predict_npy("edgecnn", x)
+  assert by_npy.shape == (5, 10)
+  np.testing.assert_allclose(by_npy, by_json, atol=1e-6)
+  # float64 arrays and big-endian headers (np.load's slow path) work too.
+  by_f64 = client.post(PREDICT, content=_npy(x.astype(">f8")),
+                       headers={"Content-Type": NPY}).json()["predictions"]
+  np.testing.assert_allclose(by_f64, by_json, atol=1e-6)

@@ -211,6 +211,7 @@ class EdgeRuntime:
     self._thread: threading.Thread | None = None
     self._backoff = 0.0
     self._next_upload = 0.0
+    self._deployed: frozenset[int] | None = None
 
   # -- Algorithm 1 ----------------------------------------------------------------
   def _fetch_payload(self) -> bytes:
@@ -332,11 +333,20 @@ class EdgeRuntime:
         num_cloud_labels=num_cloud_labels, reason=reason,
         info={"epochs": result.epochs, "wall_time_s": result.wall_time_s,
               "stop_reason": result.stop_reason})
+    self._deployed = None  # re-read on the next request
     self.slot.swap(model, version)
     logger.info("edge %s deployed version %d (val %.4f, %d cloud labels)",
                 self.config.edge_id, version, val, num_cloud_labels)
 
   # -- serving --------------------------------------------------------------------
+  def deployed_versions(self) -> frozenset[int]:
+    """Versions that were deployed (answerable by version), without a
+    database query per request."""
+    if self._deployed is None:
+      self._deployed = frozenset(v["version"] for v in self.store.versions()
+                                 if v["deployed"])
+    return self._deployed
+
   def predict(self, x: np.ndarray) -> tuple[np.ndarray, int]:
     if self.batcher is not None and len(x) < self.config.max_batch:
       return self.batcher.predict(x)

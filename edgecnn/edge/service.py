@@ -64,7 +64,7 @@ def create_app(edge: runtime_lib.EdgeRuntime):
 
   def check_model(model: str, version: str | None = None):
     served = edge.slot.current()
-    versions = {str(v["version"]) for v in edge.store.versions() if v["deployed"]}
+    versions = {str(v) for v in edge.deployed_versions()}
     if model != name or (version is not None and version not in versions):
       label = model + (f" version {version}" if version else "")
       return JSONResponse({"error": f"Servable not found for request: {label};"
@@ -99,20 +99,26 @@ def create_app(edge: runtime_lib.EdgeRuntime):
   async def predict(model: str, request: Request):
     if (missing := check_model(model)) is not None:
       return missing
-    if "json" not in request.headers.get("content-type", "application/json"):
-      raise serving.RequestError("Send the predict body as application/json.",
-                                 415)
+    ctype = request.headers.get("content-type", "application/json")
+    npy = ctype.startswith(serving.NPY_CONTENT_TYPE)
+    if not npy and "json" not in ctype:
+      raise serving.RequestError(
+          f"Content-Type {ctype!r} is not supported; send application/json "
+          f"(TF Serving's body) or {serving.NPY_CONTENT_TYPE} (numpy.save).",
+          415)
     raw = await read_body(request, MAX_JSON_BYTES)
+    input_shape = (edge.crop, edge.crop, edge.info.image_shape[2])
 
     def parse():
+      if npy:
+        return serving.parse_npy_body(raw, input_shape=input_shape)
       return serving.parse_predict_body(
-          serving.parse_json(raw),
-          input_shape=(edge.crop, edge.crop, edge.info.image_shape[2]),
+          serving.parse_json(raw), input_shape=input_shape,
           image_shape=edge.info.image_shape)
 
     # A phone's few instances parse faster than a hop to a worker thread;
     # big bodies (and b64 images to decode) do not block the event loop.
-    small = len(raw) <= INLINE_PARSE_BYTES and b'"b64"' not in raw
+    small = npy or (len(raw) <= INLINE_PARSE_BYTES and b'"b64"' not in raw)
     x = parse() if small else await run_in_threadpool(parse)
     probs, _ = await edge.predict_async(x)
     return serving.predictions_response(probs)
@@ -167,4 +173,8 @@ def create_app(edge: runtime_lib.EdgeRuntime):
       return unauthorized()
     return {"deleted": await run_in_threadpool(edge.store.compact_used)}
 
+  # The hot path first: Starlette tries the routes in order.
+  hot = [r for r in app.router.routes
+         if getattr(r, "path", None) == "/v1/models/{model}:predict"]
+  app.router.routes[:] = hot + [r for r in app.router.routes if r not in hot]
   return app
