@@ -262,12 +262,14 @@ def main(argv):
                    failures, rss[-1])
     if HOT_SWAPS.value:
       level = max(int(c) for c in CONCURRENCY.value)
-      deployed, failures = asyncio.run(_swaps(url, base, body, level,
-                                              HOT_SWAPS.value))
-      rss.append(_rss_mb(pid))
+      deployed, failures, swap_rss = asyncio.run(_swaps(
+          url, base, body, level, HOT_SWAPS.value, pid))
+      rss.extend(swap_rss)
       log.append({**key, "condition": f"http;hot_swaps;concurrency={level}"},
                  [("retrains_deployed", deployed, "count"),
-                  ("failed_requests", failures, "count")])
+                  ("failed_requests", failures, "count")] +
+                 [(f"edge_rss_after_swap_{k + 1}", v, "MB")
+                  for k, v in enumerate(swap_rss)])
       logging.info("%d hot swaps deployed under load: %d failed requests",
                    deployed, failures)
     log.append({**key, "condition": "memory"},
@@ -278,8 +280,10 @@ def main(argv):
     log_file.close()
 
 
-async def _swaps(url, base, body, level, swaps):
-  """Forces ``swaps`` retrains while ``level`` requests stay in flight."""
+async def _swaps(url, base, body, level, swaps, pid):
+  """Forces ``swaps`` retrains while ``level`` requests stay in flight;
+  returns the deployed count, failed requests and the edge's RSS after each
+  retrain."""
   import httpx
   done = asyncio.Event()
   failures = 0
@@ -295,15 +299,18 @@ async def _swaps(url, base, body, level, swaps):
 
   async with httpx.AsyncClient(timeout=900) as admin:
     workers = [asyncio.create_task(worker(post)) for post in posts]
-    deployed = 0
-    for _ in range(swaps):
+    deployed, rss = 0, []
+    for k in range(swaps):
       r = await admin.post(base + "/v1/admin/retrain",
                            headers={"Authorization": "Bearer adm"})
       deployed += r.json().get("status") == "deployed"
+      rss.append(_rss_mb(pid))
+      logging.info("hot swap %d: %s, edge RSS %.0f MB", k + 1,
+                   r.json().get("status"), rss[-1])
     done.set()
     await asyncio.gather(*workers)
   await close()
-  return deployed, failures
+  return deployed, failures, rss
 
 
 if __name__ == "__main__":

@@ -313,8 +313,12 @@ class EdgeRuntime:
 
   def _center_accuracy(self, model, images: np.ndarray,
                        labels: np.ndarray) -> float:
-    probs = evaluate_lib.predict_probs(model, images, crop_size=self.crop,
-                                       mode="center")
+    # Eager forward passes: model.predict would build and keep a predict
+    # function on every model the gate looks at (memory across many swaps).
+    x = data_lib.center_crop(data_lib.preprocess(images), self.crop)
+    probs = np.concatenate([np.asarray(model(x[i:i + 256], training=False))
+                            for i in range(0, len(images), 256)]) \
+        if len(images) else np.zeros((0, self.info.num_classes), np.float32)
     return evaluate_lib.accuracy(probs, labels)
 
   def _deploy(self, model, version: int, result, *, num_cloud_labels: int,
