@@ -324,3 +324,41 @@ def test_five_hot_swaps_in_a_row_all_take_effect(tmp_path, cloud):
     http.stop()
     edge.stop()
     server.stop()
+
+
+def test_isolated_training_deploys_and_reports_a_crashed_child(tmp_path, cloud):
+  """Retraining in a child process (the edge service's default): the
+  trained weights come back and serve; a child that dies is a failed retrain
+  with its log named, and the old version keeps serving."""
+  root, runtime, ds = cloud
+  server = serving.BackgroundServer(cloud_service.create_app(runtime)).start()
+  cfg = runtime_lib.EdgeConfig(edge_id="iso", workdir=tmp_path / "edge",
+                               train_config=QUICK, isolate_training=True,
+                               gate_tolerance=1.0)
+  edge = runtime_lib.EdgeRuntime(cfg, _labelled(ds),
+                                 client_lib.CloudClient(server.url, "tok"),
+                                 policy=policy_lib.AlwaysPolicy())
+  try:
+    edge.start()
+    from edgecnn.edge import isolated
+    assert isinstance(edge.trainer, isolated.IsolatedTrainer)
+    v1 = [w.copy() for w in edge.slot.current().model.get_weights()]
+    edge.classify_upload(serving.encode_png(ds.x_test[0]))
+    edge.upload_once()
+    assert edge.retrain()["status"] == "deployed"
+    served = edge.slot.current()
+    assert served.version == 2
+    head = [w for w, w1 in zip(served.model.get_weights(), v1)
+            if not np.array_equal(w, w1)]
+    assert head, "the child's trained weights did not come back"
+    assert not list((tmp_path / "edge" / "training").iterdir())  # cleaned
+    # A child that cannot train: the payload it is told to read is gone.
+    (tmp_path / "edge" / "shared_layers.bin").rename(tmp_path / "moved.bin")
+    edge.classify_upload(serving.encode_png(ds.x_test[1]))
+    edge.upload_once()
+    out = edge.retrain()
+    assert out["status"] == "failed" and "child.log" in out["error"]
+    assert edge.status()["serving_version"] == 2
+  finally:
+    edge.stop()
+    server.stop()

@@ -58,6 +58,10 @@ GATE_TOLERANCE = flags.DEFINE_float(
     "gate_tolerance", 0.0, "Deploy a retrained model if its validation "
     "accuracy is >= the serving one's minus this (both measured on the same "
     "validation images when the retrain finishes).")
+ISOLATE = flags.DEFINE_bool(
+    "isolate_training", True, "Train each model version in a child process: "
+    "TensorFlow keeps ~40 MB per model trained in a process, so an edge that "
+    "retrains for months would grow without bound (docs/reliability.md).")
 CLOUD_VAL_EVERY = flags.DEFINE_integer(
     "cloud_val_every", 10, "Every k-th cloud-labelled object (by id hash) "
     "validates instead of training: the paper's 9:1 split over N + M. 0: only "
@@ -108,6 +112,7 @@ def main(argv):
       num_shared=NUM_SHARED.value, retrain_threshold=RETRAIN_THRESHOLD.value,
       upload_batch=UPLOAD_BATCH.value, gate_tolerance=GATE_TOLERANCE.value,
       cloud_val_every=CLOUD_VAL_EVERY.value,
+      isolate_training=ISOLATE.value,
       train_config=train_lib.get_config("paper", max_epochs=MAX_EPOCHS.value),
       model_seed=SEED.value, max_batch=MAX_BATCH.value,
       max_batch_wait_s=MAX_BATCH_WAIT.value / 1000,

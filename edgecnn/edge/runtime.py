@@ -141,6 +141,9 @@ class EdgeConfig:
       prediction goes on, until objects are compacted.
     max_batch, max_batch_wait_s: server-side dynamic batching of concurrent
       predictions (max_batch=1 turns it off).
+    isolate_training: train every version in a child process
+      (edge/isolated.py): TensorFlow keeps about 40 MB per model trained in
+      a process, so a long-lived edge must not train in its own.
   """
   edge_id: str
   workdir: pathlib.Path
@@ -158,6 +161,7 @@ class EdgeConfig:
   max_objects: int | None = None
   max_batch: int = 64
   max_batch_wait_s: float = 0.001
+  isolate_training: bool = False
 
 
 class EdgeRuntime:
@@ -198,6 +202,12 @@ class EdgeRuntime:
     self.batcher = serving.DynamicBatcher(
         self.slot, config.max_batch, config.max_batch_wait_s) \
         if config.max_batch > 1 else None
+    if trainer is None and config.isolate_training:
+      from edgecnn.edge import isolated
+      trainer = isolated.IsolatedTrainer(
+          self.workdir / "shared_layers.bin", self.workdir / "training",
+          {"num_classes": self.info.num_classes, "pretrained": True,
+           "seed": config.model_seed})
     self.trainer = trainer or train_lib.train_and_evaluate
     self.validator = validator or self._center_accuracy
     self.payload: bytes | None = None
