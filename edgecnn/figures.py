@@ -265,14 +265,14 @@ def accuracy_table(results_dir, dataset: str) -> str:
       text = ""
       if not ours.empty:
         r = ours.iloc[0]
-        std = 0.0 if pd.isna(r["std"]) else r["std"]
-        text = f"{100 * r['mean']:.2f}±{100 * std:.2f} (n={int(r.n)})"
+        spread = "" if int(r.n) < 2 else f"±{100 * r['std']:.2f}"
+        text = f"{100 * r['mean']:.2f}{spread} (n={int(r.n)})"
       if not theirs.empty:
         text += f" [{100 * float(theirs.value.iloc[0]):.2f}]"
       cells.append(text or "–")
     lines.append(f"| {model} | " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n\nOurs: mean±std over seeds (n seeds); " \
-                            "[paper].\n"
+  return "\n".join(lines) + "\n\nOurs: mean±std over seeds (n seeds; no ± for " \
+                            "one seed); [paper].\n"
 
 
 def _empty(fig, ax, message, path):
