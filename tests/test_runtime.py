@@ -337,3 +337,17 @@ def test_tampered_payload_is_refused(tmp_path, cloud):
     edge.start()
   edge.stop()
   assert not (tmp_path / "e" / "shared_layers.bin").exists()
+
+
+def test_cloud_predict_matches_cloudcnn_and_tf_serving_shape(cloud):
+  runtime, server, ds = cloud
+  import httpx
+  x = np.random.default_rng(1).random((3, 24, 24, 1), dtype=np.float32)
+  r = httpx.post(server.url + "/v1/models/cloud_cnn:predict",
+                 json={"instances": x.tolist()},
+                 headers={"Authorization": "Bearer cloud-secret"}, timeout=60)
+  assert r.status_code == 200, r.text
+  got = np.asarray(r.json()["predictions"], np.float32)
+  assert got.shape == (3, 10)
+  np.testing.assert_allclose(got, runtime.model.predict(x, verbose=0),
+                             atol=1e-5)

@@ -250,12 +250,19 @@ def create_app(runtime: CloudRuntime):
       return unauthorized()
     if (missing := check_model(name)) is not None:
       return missing
-    x = serving.parse_predict_body(await json_body(request),
-                                   input_shape=runtime.model.input_shape[1:],
-                                   image_shape=runtime.info.image_shape)
+    body = await json_body(request)
     served = runtime.slot.current()
-    runtime.stats["predictions"] += len(x)
-    return {"predictions": served.predict(x).tolist()}
+
+    def work():  # parsing and CloudCNN's forward pass off the event loop
+      x = serving.parse_predict_body(body,
+                                     input_shape=runtime.model.input_shape[1:],
+                                     image_shape=runtime.info.image_shape)
+      return served.predict(x)
+
+    from fastapi.concurrency import run_in_threadpool
+    probs = await run_in_threadpool(work)
+    runtime.stats["predictions"] += len(probs)
+    return serving.predictions_response(probs)
 
   @app.post("/v1/classify", openapi_extra=serving.IMAGE_BODY)
   async def classify(request: Request):
