@@ -28,3 +28,8 @@ def test_load_test_quick(tiny_cloud):
   assert swaps[swaps.metric == "failed_requests"].value.iloc[0] == 0
   assert (rows[rows.metric == "failed_requests"].value == 0).all()
   assert "edge_rss_max" in set(rows.metric)
+  per_swap = swaps[swaps.metric.str.startswith("edge_rss_after_swap_")]
+  assert sorted(per_swap.metric) == ["edge_rss_after_swap_1",
+                                     "edge_rss_after_swap_2"]
+  assert (per_swap.value > 0).all()
+  assert rows.condition.str.contains("client=raw;body=json").any()
