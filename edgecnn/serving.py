@@ -172,6 +172,16 @@ def _decode_b64(value: Any, where: str) -> bytes:
     raise RequestError(f"{where}: invalid base64 ({e}).") from e
 
 
+def _check_count(n: int, empty_message: str) -> None:
+  """The instance-count rules every predict body shares: at least one, at
+  most MAX_INSTANCES (413 beyond, like an oversized body)."""
+  if not n:
+    raise RequestError(f"{empty_message}; send at least one instance.")
+  if n > MAX_INSTANCES:
+    raise RequestError(f"{n} instances exceed the limit of {MAX_INSTANCES} "
+                       "per request.", status=413)
+
+
 def parse_predict_body(body: Any, *, input_shape: Sequence[int],
                        image_shape: Sequence[int]) -> np.ndarray:
   """Turns a TF Serving predict body into a float32 model-input batch.
@@ -199,11 +209,7 @@ def parse_predict_body(body: Any, *, input_shape: Sequence[int],
   if not isinstance(instances, list):
     raise RequestError("'instances' must be a list; got "
                        f"{type(instances).__name__}.")
-  if not instances:
-    raise RequestError("'instances' is empty; send at least one instance.")
-  if len(instances) > MAX_INSTANCES:
-    raise RequestError(f"{len(instances)} instances exceed the limit of "
-                       f"{MAX_INSTANCES} per request.", status=413)
+  _check_count(len(instances), "'instances' is empty")
   shape = tuple(input_shape)
   out = np.empty((len(instances), *shape), np.float32)
   for i, inst in enumerate(instances):
@@ -405,11 +411,7 @@ def parse_npy_body(raw: bytes, *, input_shape: Sequence[int]) -> np.ndarray:
   if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
     raise RequestError(f".npy shape {list(array.shape)}; the model expects "
                        f"[N, {', '.join(map(str, shape))}].")
-  if not len(array):
-    raise RequestError("The .npy array holds no instance; send at least one.")
-  if len(array) > MAX_INSTANCES:
-    raise RequestError(f"{len(array)} instances exceed the limit of "
-                       f"{MAX_INSTANCES} per request.", status=413)
+  _check_count(len(array), "The .npy array holds no instance")
   array = array.astype(np.float32, copy=False)
   if not np.isfinite(array).all():
     raise RequestError("The .npy array contains NaN or infinity.")

@@ -292,7 +292,8 @@ class EdgeRuntime:
                 len(self.labelled.labels))
     model, result, _ = self._train(
         np.zeros((0, *self.info.image_shape), np.uint8), np.zeros(0, np.int64))
-    self._deploy(model, 1, result, num_cloud_labels=0, reason="initialisation")
+    self._deploy(model, 1, result, num_cloud_labels=0, reason="initialisation",
+                 num_train=len(self.labelled.split.train))
 
   def _weights_path(self, version: int) -> pathlib.Path:
     return self.workdir / "versions" / f"{version}.weights.h5"
@@ -333,7 +334,7 @@ class EdgeRuntime:
 
   def _deploy(self, model, version: int, result, *, num_cloud_labels: int,
               reason: str, val_accuracy: float | None = None,
-              num_train: int | None = None) -> None:
+              num_train: int) -> None:
     path = self._weights_path(version)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save_weights(path)
@@ -342,8 +343,7 @@ class EdgeRuntime:
     val = result.best_val_accuracy if val_accuracy is None else val_accuracy
     self.store.add_version(
         version, deployed=True, val_accuracy=val,
-        num_labels=(len(self.labelled.split.train) + num_cloud_labels
-                    if num_train is None else num_train),
+        num_labels=num_train,
         num_cloud_labels=num_cloud_labels, reason=reason,
         info={"epochs": result.epochs, "wall_time_s": result.wall_time_s,
               "stop_reason": result.stop_reason})

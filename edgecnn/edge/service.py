@@ -64,12 +64,14 @@ def create_app(edge: runtime_lib.EdgeRuntime):
 
   def check_model(model: str, version: str | None = None):
     served = edge.slot.current()
-    versions = {str(v) for v in edge.deployed_versions()}
-    if model != name or (version is not None and version not in versions):
+    # The deployed set is cached by the runtime; no per-request set building.
+    if model != name or (version is not None and not (
+        version.isascii() and version.isdigit()
+        and int(version) in edge.deployed_versions())):
       label = model + (f" version {version}" if version else "")
       return JSONResponse({"error": f"Servable not found for request: {label};"
                                     f" this edge serves {name!r} versions "
-                                    f"{sorted(int(v) for v in versions)}."},
+                                    f"{sorted(edge.deployed_versions())}."},
                           404)
     if served is None:
       return JSONResponse({"error": "The edge is still initialising."}, 503)
