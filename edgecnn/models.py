@@ -304,7 +304,8 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
                                 *, pretrained: bool = True,
                                 kernel_initializer: str = "he_normal",
                                 seed: int | None = None,
-                                name: str | None = None) -> keras.Model:
+                                name: str | None = None,
+                                head_pool: str | None = None) -> keras.Model:
   """Builds EdgeCNN-m from a shared-layers payload alone (Alg. 1, steps 2-3).
 
   Args:
@@ -316,11 +317,18 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
     kernel_initializer: initialiser of the fresh ReLU layers.
     seed: makes the fresh weights reproducible.
     name: model name; defaults to "edge_cnn{0|1}_{m}".
+    head_pool: None keeps the cloud's head pool (Alg. 1: the head has the
+      cloud's shape); "paper" or "compact" uses that preset's head pool
+      instead (stride 1 'valid', or stride 2 'same'), an ablation of how much
+      the head's size matters: at m=3 on 24x24 crops the paper's FC-1024 sees
+      23x23x32 features, the compact preset's 12x12x32.
 
   Returns:
     An uncompiled keras.Model; its ``cloud_model_hash`` attribute names the
     cloud model the layers came from.
   """
+  if head_pool is not None:
+    _check_choice("head_pool", head_pool, PRESETS)
   manifest, weights = read_payload(payload)
   m = manifest["num_shared"]
   classes = manifest["num_classes"] if num_classes is None else num_classes
@@ -342,6 +350,11 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
     if "kernel_initializer" in record["config"]:
       init = _initializer("glorot_uniform" if is_output else kernel_initializer,
                           seed, 100 + index)
+    if head_pool is not None and record["config"]["name"] == "head_pool":
+      spec = _PRESET_SPECS[head_pool]
+      record = {**record, "config": {
+          **record["config"], "strides": [spec.head_pool_strides] * 2,
+          "padding": spec.head_pool_padding}}
     x = _rebuild(record, initializer=init,
                  units=classes if is_output else None)(x)
   model = keras.Model(

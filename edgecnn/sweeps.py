@@ -136,6 +136,9 @@ class SweepSpec:
   labels: str = "cloud"
   models: tuple[bool, ...] = (True, False)  # pretrained flags to run
   kernel_initializer: str = "he_normal"
+  # None: the edge head is the cloud's (Alg. 1). "paper"/"compact": that
+  # preset's head pool (an ablation); recorded in the rows' condition.
+  head_pool: str | None = None
 
 
 def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
@@ -172,6 +175,8 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
                  "model": model_label(pretrained, m), "num_shared": m,
                  "pretrained": pretrained, "labels": label_source,
                  "num_images": n, "seed": seed}
+          if spec.head_pool is not None:
+            key["condition"] = f"head_pool={spec.head_pool}"
           if log.done(key):
             continue
           extra = []
@@ -187,7 +192,8 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
           keras.utils.set_random_seed(seed)
           edge = models.build_edge_cnn_from_payload(
               payloads[m], pretrained=pretrained,
-              kernel_initializer=spec.kernel_initializer, seed=seed)
+              kernel_initializer=spec.kernel_initializer, seed=seed,
+              head_pool=spec.head_pool)
           name = f"{model_label(pretrained, m)} N={n} seed={seed}"
           logger.info("training %s (%s labels)", name, label_source)
           result = train_lib.train_and_evaluate(

@@ -32,6 +32,13 @@ MODELS = flags.DEFINE_enum("models", "both", ["both", "edgecnn1", "edgecnn0"],
 CLOUD_LABEL_MODE = flags.DEFINE_enum(
     "cloud_label_mode", "ten_crop", ["ten_crop", "center"],
     "How CloudCNN predicts labels for uploaded images.")
+HEAD_POOL = flags.DEFINE_enum(
+    "head_pool", "cloud", ["cloud", "paper", "compact"],
+    "Pool of the edge's fresh head: the cloud's (Alg. 1, default), or the "
+    "paper's (stride 1, 'valid') or compact preset's (stride 2, 'same') "
+    "whatever the cloud's preset; an ablation of the head's size, recorded "
+    "as condition head_pool=<value>. Use with --results_csv to keep "
+    "ablations apart.")
 EXPERIMENT = flags.DEFINE_string(
     "experiment", "edge_accuracy", "Experiment name in the rows and default "
     "CSV name (training_time reuses this binary's library).")
@@ -50,7 +57,8 @@ def run(experiment: str) -> int:
       shared=tuple(int(m) for m in SHARED.value), labels=LABELS.value,
       models={"both": (True, False), "edgecnn1": (True,),
               "edgecnn0": (False,)}[MODELS.value],
-      kernel_initializer=common.INITIALIZER.value)
+      kernel_initializer=common.INITIALIZER.value,
+      head_pool=None if HEAD_POOL.value == "cloud" else HEAD_POOL.value)
   log = common.result_log(experiment)
   common.save_flags(log, f"{name}-{spec.preset}")
   labeler = sweeps.CloudLabeler(

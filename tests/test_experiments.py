@@ -70,6 +70,16 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   proc = run("edge_accuracy", *args, cwd=root)
   assert len(pd.read_csv(csv)) == len(rows)  # all done: nothing retrained
   assert "training EdgeCNN" not in proc.stderr
+  # The head ablation is a separate condition: trained, not taken for done.
+  run("edge_accuracy", *common, "--num_images=20", "--seeds=0",
+      "--shared=3", "--models=edgecnn1", "--head_pool=paper",
+      f"--results_csv={csv}", cwd=root)
+  after = pd.read_csv(csv, keep_default_na=False)
+  ablation = after[after.condition == "head_pool=paper"]
+  assert sorted(set(zip(ablation.model, ablation.num_images))) == [
+      ("EdgeCNN1-3", 20)]
+  assert "test_accuracy_10crop" in set(ablation.metric)
+  assert len(after) - len(ablation) == len(rows)
 
 
 def test_training_time_uses_paper_sample_count(workspace):

@@ -44,6 +44,28 @@ def test_compact_edge_parameter_counts(m, trainable, frozen):
   assert convs == models.conv_layer_names()[:m]
 
 
+def test_head_pool_override_swaps_the_presets_edge_heads():
+  compact = models.build_cloud_cnn((28, 28, 1), preset="compact", seed=1)
+  paper = models.build_cloud_cnn((28, 28, 1), preset="paper", seed=1)
+  # A compact cloud's shared convs under the paper's head have the paper
+  # EdgeCNN-3's shape (and the other way round), with the cloud's weights.
+  as_paper = models.build_edge_cnn_from_payload(
+      models.export_shared_layers(compact, 3), head_pool="paper")
+  assert models.count_params(as_paper) == models.count_params(
+      models.build_edge_cnn(paper, 3))
+  assert as_paper.get_layer("head_pool").strides == (1, 1)
+  assert as_paper.get_layer("flatten").output.shape[-1] == 27 * 27 * 32
+  np.testing.assert_array_equal(
+      as_paper.get_layer("block1_conv2").get_weights()[0],
+      compact.get_layer("block1_conv2").get_weights()[0])
+  as_compact = models.build_edge_cnn_from_payload(
+      models.export_shared_layers(paper, 3), head_pool="compact")
+  assert models.count_params(as_compact) == (6_433_802, 18_816)
+  with pytest.raises(ValueError, match="head_pool"):
+    models.build_edge_cnn_from_payload(
+        models.export_shared_layers(compact, 3), head_pool="stride3")
+
+
 def test_edge_includes_group_pools_between_shared_convs():
   cloud = models.build_cloud_cnn(TINY, preset="compact")
   edge = models.build_edge_cnn(cloud, 5)
