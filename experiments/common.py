@@ -84,11 +84,23 @@ def result_log(experiment: str) -> results.ResultLog:
       "commit": results.git_commit(pathlib.Path(__file__).parent)})
 
 
+def _is_project_module(module: str) -> bool:
+  here = pathlib.Path(__file__).resolve().parent
+  if module.startswith("experiments.") or module == "__main__":
+    return True
+  return module.endswith(".py") and pathlib.Path(module).resolve().parent == here
+
+
 def save_flags(log: results.ResultLog, name: str) -> None:
-  """Writes the values of the project's flags beside the CSV (simclr's habit)."""
+  """Writes the values of the project's flags beside the CSV (simclr's habit).
+
+  Only flags defined in experiments/ (the binary run with ``-m`` registers
+  its flags under its file path or ``__main__``); absl's and TensorFlow's own
+  flags are left out.
+  """
   values = {flag.name: flag.value
             for module, module_flags in flags.FLAGS.flags_by_module_dict().items()
-            if not module.startswith("absl")
+            if _is_project_module(module)
             for flag in module_flags}
   results.write_metadata(
       log.path.with_name(f"{log.path.stem}.{name}.flags.json"), values)

@@ -46,7 +46,9 @@ def test_train_cloud_saves_model_payloads_and_rows(workspace):
                                  "epochs", "wall_time"}
   assert (rows["model"] == "CloudCNN").all() and (rows["num_images"] == 60).all()
   flags_file = root / "results" / "train_cloud.mnist-compact-seed0.flags.json"
-  assert json.loads(flags_file.read_text())["num_images"] == 60
+  saved = json.loads(flags_file.read_text())
+  assert saved["num_images"] == 60 and saved["dataset"] == "mnist"
+  assert "tt_check_filter" not in saved  # TensorFlow's own flags left out
   assert json.loads((cloud / "train_result.json").read_text())["epochs"] == 2
 
 
