@@ -43,8 +43,14 @@ def load(results_dir: str | os.PathLike, name: str) -> pd.DataFrame | None:
 
 def accuracy_summary(edge: pd.DataFrame, dataset: str,
                      metric: str = "test_accuracy_10crop") -> pd.DataFrame:
-  """Mean, std and count over seeds per (model, N) for one dataset."""
+  """Mean, std and count over seeds per (model, N) for one dataset.
+
+  Rows with a condition (an ablation such as ``head_pool=paper``) are left
+  out: the tables compare the plain recipe with the paper.
+  """
   rows = edge[(edge.dataset == dataset) & (edge.metric == metric)]
+  if "condition" in rows:
+    rows = rows[rows.condition.fillna("").astype(str) == ""]
   if rows.empty:
     return pd.DataFrame(columns=["model", "num_shared", "pretrained",
                                  "num_images", "mean", "std", "n"])

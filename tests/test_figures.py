@@ -129,3 +129,19 @@ def test_paper_values_inside_project():
   row = paper[(paper.dataset == "fashion_mnist") & (paper.model == "EdgeCNN1-3")
               & (paper.num_images == 120)]
   assert float(row.value.iloc[0]) == pytest.approx(0.7577)
+
+
+def test_accuracy_summary_leaves_out_ablation_rows(tmp_path):
+  log = results.ResultLog(tmp_path / "edge_accuracy.csv",
+                          {"experiment": "edge_accuracy", "device": "CPU",
+                           "threads": 2, "commit": "abc"})
+  key = {"dataset": "fashion_mnist", "preset": "compact", "model": "EdgeCNN1-3",
+         "num_shared": 3, "pretrained": True, "labels": "true",
+         "num_images": 120, "seed": 0}
+  log.append(key, [("test_accuracy_10crop", 0.70, "fraction")])
+  log.append({**key, "condition": "head_pool=paper"},
+             [("test_accuracy_10crop", 0.90, "fraction")])
+  summary = figures.accuracy_summary(
+      figures.load(tmp_path, "edge_accuracy"), "fashion_mnist")
+  assert summary["mean"].tolist() == [pytest.approx(0.70)]
+  assert summary["n"].tolist() == [1]
