@@ -101,7 +101,10 @@ def _head_layers(num_classes: int, *, pool_strides: int, pool_padding: str,
                          kernel_initializer=_initializer(
                              kernel_initializer, seed, 100)),
       keras.layers.Dropout(dropout, name="head_dropout2"),
+      # float32 even under a mixed-precision policy: a bf16 softmax loses
+      # the small probabilities the loss needs (a no-op under float32).
       keras.layers.Dense(num_classes, activation="softmax", name="predictions",
+                         dtype="float32",
                          kernel_initializer=_initializer(
                              "glorot_uniform", seed, 101)),
   ]
@@ -296,6 +299,8 @@ def _rebuild(record: dict, *, initializer=None, units: int | None = None,
   if units is not None:
     config["units"] = units
   config["trainable"] = trainable
+  if config.get("name") == "predictions":
+    config["dtype"] = "float32"  # as in _head_layers
   return _PAYLOAD_LAYERS[record["class_name"]](**{
       k: v for k, v in config.items() if k != "name"}, name=config["name"])
 

@@ -27,6 +27,10 @@ STEPS = flags.DEFINE_integer("steps", 20, "Mini-batches per timed repeat.")
 REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per model.")
 PRESETS = flags.DEFINE_list("presets", ["compact", "paper"], "Presets to time.")
 SHARED = flags.DEFINE_list("shared", ["3", "5", "10"], "Values of m.")
+PRECISIONS = flags.DEFINE_list(
+    "precisions", ["float32"], "Keras dtype policies to time, each model in "
+    "each in turn (float32, mixed_bfloat16); rows of a policy other than "
+    "float32 carry condition precision=<policy>.")
 
 
 def main(argv):
@@ -43,36 +47,51 @@ def main(argv):
   y = rng.integers(0, info.num_classes, len(x))
   log = common.result_log("throughput")
   common.save_flags(log, info.name)
+  for precision in PRECISIONS.value:
+    if precision not in ("float32", "mixed_bfloat16"):
+      raise app.UsageError(f"--precisions: unknown policy {precision!r}; "
+                           "use float32 and/or mixed_bfloat16.")
   for preset in PRESETS.value:
-    cloud = models.build_cloud_cnn(shape, info.num_classes, preset=preset,
-                                   seed=0)
-    named = [("CloudCNN", cloud, 15, "")] + [
-        (f"EdgeCNN1-{m}", models.build_edge_cnn(cloud, int(m), seed=0), int(m),
-         True) for m in SHARED.value]
-    for name, model, m, pretrained in named:
-      train_lib._compile(model, config)
-      fit = eval_lib.time_call(
-          lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0,
-                            shuffle=False), repeats=REPEATS.value, warmup=1)
-      pred = eval_lib.time_call(
-          lambda: model.predict(x, batch_size=256, verbose=0),
-          repeats=REPEATS.value, warmup=1)
-      trainable, frozen = models.count_params(model)
-      key = {"dataset": info.name, "preset": preset, "model": name,
-             "num_shared": m, "pretrained": pretrained, "labels": "",
-             "num_images": len(x), "seed": 0}
-      log.append(key, [
-          ("train_images_per_s", len(x) / fit.median, "images/s"),
-          ("train_images_per_s_spread",
-           len(x) / min(fit.samples) - len(x) / max(fit.samples), "images/s"),
-          ("predict_images_per_s", len(x) / pred.median, "images/s"),
-          ("trainable_params", trainable, "params"),
-          ("frozen_params", frozen, "params"),
-          ("repeats", REPEATS.value, "count")])
-      logging.info("%s %s: train %.0f images/s, predict %.0f images/s, "
-                   "params %d trainable / %d frozen", preset, name,
-                   len(x) / fit.median, len(x) / pred.median, trainable, frozen)
-      keras.backend.clear_session()
+    for precision in PRECISIONS.value:
+      keras.mixed_precision.set_global_policy(precision)
+      _measure(preset, precision, shape, info, config, x, y, log)
+  keras.mixed_precision.set_global_policy("float32")
+
+
+def _measure(preset, precision, shape, info, config, x, y, log):
+  """Times CloudCNN and EdgeCNN1-m of one preset under the current policy."""
+  batch = config.batch_size
+  cloud = models.build_cloud_cnn(shape, info.num_classes, preset=preset,
+                                 seed=0)
+  named = [("CloudCNN", cloud, 15, "")] + [
+      (f"EdgeCNN1-{m}", models.build_edge_cnn(cloud, int(m), seed=0), int(m),
+       True) for m in SHARED.value]
+  for name, model, m, pretrained in named:
+    train_lib._compile(model, config)
+    fit = eval_lib.time_call(
+        lambda: model.fit(x, y, batch_size=batch, epochs=1, verbose=0,
+                          shuffle=False), repeats=REPEATS.value, warmup=1)
+    pred = eval_lib.time_call(
+        lambda: model.predict(x, batch_size=256, verbose=0),
+        repeats=REPEATS.value, warmup=1)
+    trainable, frozen = models.count_params(model)
+    key = {"dataset": info.name, "preset": preset, "model": name,
+           "num_shared": m, "pretrained": pretrained, "labels": "",
+           "num_images": len(x), "seed": 0}
+    if precision != "float32":
+      key["condition"] = f"precision={precision}"
+    log.append(key, [
+        ("train_images_per_s", len(x) / fit.median, "images/s"),
+        ("train_images_per_s_spread",
+         len(x) / min(fit.samples) - len(x) / max(fit.samples), "images/s"),
+        ("predict_images_per_s", len(x) / pred.median, "images/s"),
+        ("trainable_params", trainable, "params"),
+        ("frozen_params", frozen, "params"),
+        ("repeats", REPEATS.value, "count")])
+    logging.info("%s %s %s: train %.0f images/s, predict %.0f images/s, "
+                 "params %d trainable / %d frozen", preset, precision, name,
+                 len(x) / fit.median, len(x) / pred.median, trainable, frozen)
+    keras.backend.clear_session()
 
 
 if __name__ == "__main__":

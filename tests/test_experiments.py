@@ -52,6 +52,26 @@ def test_train_cloud_saves_model_payloads_and_rows(workspace):
   assert json.loads((cloud / "train_result.json").read_text())["epochs"] == 2
 
 
+def test_train_cloud_mixed_precision_row_and_float32_weights(workspace):
+  root, common = workspace
+  common = [a for a in common if not a.startswith("--workdir")]
+  csv = root / "results" / "train_cloud_bf16.csv"
+  run("train_cloud", *common, f"--workdir={root / 'work_bf16'}",
+      "--num_images=60", "--shared=3", "--precision=mixed_bfloat16",
+      f"--results_csv={csv}", cwd=root)
+  rows = pd.read_csv(csv, keep_default_na=False)
+  assert set(rows.condition) == {"precision=mixed_bfloat16"}
+  acc = rows[rows.metric == "test_accuracy_10crop"].value.astype(float)
+  assert 0.0 <= acc.iloc[0] <= 1.0
+  import h5py
+  cloud = root / "work_bf16" / "cloud" / "mnist-compact-seed0"
+  dtypes = set()
+  with h5py.File(cloud / "cloud.weights.h5") as f:
+    f.visititems(lambda name, obj: dtypes.add(str(obj.dtype))
+                 if isinstance(obj, h5py.Dataset) else None)
+  assert "float32" in dtypes and not dtypes & {"bfloat16", "float16"}, dtypes
+
+
 def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   root, common = workspace
   csv = root / "results" / "edge_accuracy.csv"
@@ -142,15 +162,18 @@ def test_throughput_rows(tmp_path):
   proc = subprocess.run(
       [sys.executable, "-m", "experiments.throughput", "--dataset=mnist",
        "--presets=compact", "--shared=3", "--steps=1", "--repeats=1",
+       "--precisions=float32,mixed_bfloat16",
        f"--results_csv={csv}"], env=env, capture_output=True, text=True,
       timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = pd.read_csv(csv)
+  rows = pd.read_csv(csv, keep_default_na=False)
   speed = rows[rows.metric == "train_images_per_s"]
-  assert sorted(speed.model) == ["CloudCNN", "EdgeCNN1-3"]
-  assert (speed.value > 0).all()
+  assert sorted(zip(speed.model, speed.condition)) == [
+      ("CloudCNN", ""), ("CloudCNN", "precision=mixed_bfloat16"),
+      ("EdgeCNN1-3", ""), ("EdgeCNN1-3", "precision=mixed_bfloat16")]
+  assert (speed.value.astype(float) > 0).all()
   frozen = rows[(rows.metric == "frozen_params") & (rows.model == "EdgeCNN1-3")]
-  assert frozen.value.tolist() == [18816]
+  assert frozen.value.astype(int).tolist() == [18816, 18816]
 
 
 def test_crop_protocols_rows(workspace):

@@ -189,3 +189,27 @@ def test_left_chance_prefers_test_accuracy():
   assert train_lib._left_chance(0.1, {"ten_crop": 0.7, "center": 0.6}, 0.1)
   assert train_lib._left_chance(0.25, {"ten_crop": None, "center": None}, 0.1)
   assert not train_lib._left_chance(0.17, {"ten_crop": None, "center": None}, 0.1)
+
+
+def test_mixed_bfloat16_trains_with_float32_weights_and_softmax():
+  ds = fake_dataset("mnist", n_train=200, n_test=40)
+  keras.mixed_precision.set_global_policy("mixed_bfloat16")
+  try:
+    cloud = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+    assert cloud.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert cloud.get_layer("predictions").compute_dtype == "float32"
+    assert cloud.output.dtype == "float32"
+    split = data_lib.subset_split(200, 200, seed=0)
+    config = train_lib.get_config("paper", max_epochs=6, batch_size=16)
+    result = train_lib.train_and_evaluate(cloud, ds, split, config, seed=0)
+    assert all(math.isfinite(h["loss"]) for h in result.history)
+    assert result.test_accuracy_10crop > 0.5
+    assert {w.dtype for w in cloud.get_weights()} == {np.dtype("float32")}
+    payload = models.export_shared_layers(cloud, 3)
+  finally:
+    keras.mixed_precision.set_global_policy("float32")
+  # A float32 edge built from the payload carries the weights unchanged.
+  edge = models.build_edge_cnn_from_payload(payload)
+  assert edge.get_layer("block1_conv1").compute_dtype == "float32"
+  np.testing.assert_array_equal(edge.get_layer("block1_conv2").get_weights()[0],
+                                cloud.get_layer("block1_conv2").get_weights()[0])
