@@ -33,6 +33,10 @@ TRAIN_CONFIG = flags.DEFINE_enum(
 MAX_EPOCHS = flags.DEFINE_integer(
     "max_epochs", None, "Cap on epochs (the paper has none); overrides the "
     "named config.")
+LR_PATIENCE = flags.DEFINE_integer(
+    "lr_patience", None, "Epochs without validation improvement before each "
+    "/10 learning-rate cut (the paper does not say; the named configs use "
+    "5); overrides the named config.", lower_bound=1)
 CROP_SIZE = flags.DEFINE_integer(
     "crop_size", None, "Crop side for training and 10-crop testing; default "
     "24 for 28x28 datasets and 28 for CIFAR-10.")
@@ -68,6 +72,8 @@ def train_config() -> train_lib.TrainConfig:
     overrides["max_epochs"] = MAX_EPOCHS.value
   if CROP_SIZE.value is not None:
     overrides["crop_size"] = CROP_SIZE.value
+  if LR_PATIENCE.value is not None:
+    overrides["lr_patience"] = LR_PATIENCE.value
   return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 

@@ -184,3 +184,17 @@ def test_crop_protocols_rows(workspace):
   assert sorted(rows.metric) == ["test_accuracy_center", "test_accuracy_five_crop",
                                  "test_accuracy_ten_crop_with_mirrors"]
   assert rows.value.between(0, 1).all()
+
+
+def test_schedule_flags_override_the_named_config():
+  from absl import flags
+  from absl.testing import flagsaver
+  from experiments import common
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  assert common.train_config().lr_patience == 5
+  with flagsaver.flagsaver(lr_patience=10, max_epochs=7):
+    config = common.train_config()
+    assert (config.lr_patience, config.max_epochs) == (10, 7)
+  with pytest.raises(flags.IllegalFlagValueError):
+    flags.FLAGS.lr_patience = 0
