@@ -36,7 +36,8 @@ MAX_EPOCHS = flags.DEFINE_integer(
 LR_PATIENCE = flags.DEFINE_integer(
     "lr_patience", None, "Epochs without validation improvement before each "
     "/10 learning-rate cut (the paper does not say; the named configs use "
-    "5); overrides the named config.", lower_bound=1)
+    "10, Keras' ReduceLROnPlateau default); overrides the named config.",
+    lower_bound=1)
 CROP_SIZE = flags.DEFINE_integer(
     "crop_size", None, "Crop side for training and 10-crop testing; default "
     "24 for 28x28 datasets and 28 for CIFAR-10.")

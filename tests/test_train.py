@@ -31,7 +31,7 @@ def _flat(n, acc=0.5, loss=1.0):
 
 
 def test_lr_cut_on_plateau_and_stop_after_more_than_1000x():
-  config = train_lib.get_config("paper")
+  config = train_lib.get_config("paper", lr_patience=5)
   cb, model = _schedule(config, _flat(100))
   # epoch 1 improves; then cuts after 5, 10, 15, 20 stale epochs;
   # the fourth cut makes the total 10,000x > 1,000x and ends the run.
@@ -40,6 +40,18 @@ def test_lr_cut_on_plateau_and_stop_after_more_than_1000x():
   assert [h["lr"] for h in cb.history[::5]] == pytest.approx(
       [0.01, 0.01, 1e-3, 1e-4, 1e-5])
   assert float(model.optimizer.learning_rate) == pytest.approx(1e-6)
+
+
+def test_paper_patience_lets_the_30_epoch_rule_end_a_stalled_run():
+  config = train_lib.get_config("paper")
+  cb, model = _schedule(config, _flat(100))
+  # epoch 1 improves; cuts after 10, 20, 30 stale epochs (1,000x in total,
+  # not more), and 30 stale epochs end the run before a fourth cut.
+  assert len(cb.history) == 31
+  assert cb.stop_reason == "no_val_improvement_30_epochs"
+  assert [h["lr"] for h in cb.history[::10]] == pytest.approx(
+      [0.01, 0.01, 1e-3, 1e-4])
+  assert float(model.optimizer.learning_rate) == pytest.approx(1e-5)
 
 
 def test_stop_when_val_error_has_not_dropped_for_30_epochs():
@@ -99,6 +111,7 @@ def test_paper_config_defaults_match_sec_4_3_1():
           c.stop_patience, c.max_lr_reduction, c.max_epochs) == (
               32, 0.01, 0.9, 0.1, 30, 1000.0, None)
   assert (c.warmup_steps, c.clipnorm, c.max_restarts) == (0, None, 0)
+  assert c.lr_patience == 10  # keras.callbacks.ReduceLROnPlateau's default
 
 
 def test_train_and_evaluate_learns_fake_data_and_keeps_frozen_layers():
