@@ -28,13 +28,15 @@ def test_main_job_runs_end_to_end(tmp_path):
   assert set(rows.edge_id) == {"edge-m3", "edge-m5"}
   for _, group in rows.groupby("edge_id"):
     assert group.model_version.tolist()[0] == 1
-    # v1, then a retrain whenever 12 new labels are in: two when each retrain
-    # starts before the next burst is labelled, one when a slow machine lets
-    # all 24 labels arrive before the first retrain starts.
+    # v1, then a retrain whenever at least 12 new labels are in. How many
+    # labels each retrain sees depends on timing: 12 and 24 when each retrain
+    # starts before the next burst is labelled; 24 at once when all arrive
+    # before the first retrain starts; or e.g. 14, leaving 10 (< 12) unused
+    # at the end, when a loaded machine labels part of the second burst first.
     labels = group.num_cloud_labels.tolist()
-    assert labels[0] == 0 and labels[-1] == 24, labels
-    assert len(group) in (2, 3), labels
+    assert labels[0] == 0 and len(group) in (2, 3), labels
     assert all(b - a >= 12 for a, b in zip(labels, labels[1:])), labels
+    assert 12 <= labels[-1] <= 24 and 24 - labels[-1] < 12, labels
   assert rows.edgecnn0_test_accuracy_10crop.notna().all()
   assert "model_version" in proc.stdout and "main job finished" in proc.stdout
 
