@@ -19,6 +19,10 @@ from edgecnn import models
 from edgecnn import results
 from edgecnn import train as train_lib
 
+# Keras dtype policies the binaries offer (train_cloud --precision,
+# throughput --precisions); float32 is every binary's default.
+PRECISION_POLICIES = ("float32", "mixed_bfloat16")
+
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", sorted(data_lib.DATASETS),
                             "Dataset to use.")
 DATA_DIR = flags.DEFINE_string(

@@ -48,9 +48,9 @@ def main(argv):
   log = common.result_log("throughput")
   common.save_flags(log, info.name)
   for precision in PRECISIONS.value:
-    if precision not in ("float32", "mixed_bfloat16"):
+    if precision not in common.PRECISION_POLICIES:
       raise app.UsageError(f"--precisions: unknown policy {precision!r}; "
-                           "use float32 and/or mixed_bfloat16.")
+                           f"use any of {', '.join(common.PRECISION_POLICIES)}.")
   for preset in PRESETS.value:
     for precision in PRECISIONS.value:
       keras.mixed_precision.set_global_policy(precision)

@@ -35,7 +35,7 @@ TEST_EVAL = flags.DEFINE_bool(
     "test_eval", True, "Evaluate on the test set (10-crop and centre); off "
     "for models made only for timing.")
 PRECISION = flags.DEFINE_enum(
-    "precision", "float32", ["float32", "mixed_bfloat16"],
+    "precision", "float32", list(common.PRECISION_POLICIES),
     "Keras dtype policy for training. float32 (default; the paper does not "
     "say, and float32 is what its GPUs of the time ran). mixed_bfloat16 "
     "computes in bfloat16 with float32 weights (the softmax stays float32): "
