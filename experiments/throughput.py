@@ -36,6 +36,10 @@ PRECISIONS = flags.DEFINE_list(
 def main(argv):
   common.reject_args(argv)
   common.setup_logging()
+  for precision in PRECISIONS.value:
+    if precision not in common.PRECISION_POLICIES:
+      raise app.UsageError(f"--precisions: unknown policy {precision!r}; "
+                           f"use any of {', '.join(common.PRECISION_POLICIES)}.")
   from edgecnn import data as data_lib
   info = data_lib.dataset_info(common.DATASET.value)
   config = common.train_config()
@@ -47,10 +51,6 @@ def main(argv):
   y = rng.integers(0, info.num_classes, len(x))
   log = common.result_log("throughput")
   common.save_flags(log, info.name)
-  for precision in PRECISIONS.value:
-    if precision not in common.PRECISION_POLICIES:
-      raise app.UsageError(f"--precisions: unknown policy {precision!r}; "
-                           f"use any of {', '.join(common.PRECISION_POLICIES)}.")
   for preset in PRESETS.value:
     for precision in PRECISIONS.value:
       keras.mixed_precision.set_global_policy(precision)

@@ -174,6 +174,15 @@ def test_throughput_rows(tmp_path):
   assert (speed.value.astype(float) > 0).all()
   frozen = rows[(rows.metric == "frozen_params") & (rows.model == "EdgeCNN1-3")]
   assert frozen.value.astype(int).tolist() == [18816, 18816]
+  # A bad policy is refused before anything beside the CSV is rewritten.
+  flags_file = tmp_path / "t.mnist.flags.json"
+  before = flags_file.read_text()
+  bad = subprocess.run(
+      [sys.executable, "-m", "experiments.throughput", "--dataset=mnist",
+       "--precisions=fp16", f"--results_csv={csv}"], env=env,
+      capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and "unknown policy 'fp16'" in bad.stderr
+  assert flags_file.read_text() == before
 
 
 def test_crop_protocols_rows(workspace):
