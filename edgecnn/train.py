@@ -123,6 +123,10 @@ class _PaperSchedule(keras.callbacks.Callback):
 
   _STATE = ("lr", "best", "best_epoch", "wait", "lr_wait", "step",
             "stop_reason", "history", "dead")
+  # Seconds between in-epoch progress lines; an epoch shorter than this logs
+  # only its end-of-epoch line (a paper-preset CloudCNN epoch takes ~half an
+  # hour on two CPU cores, and silence for that long looks like a hang).
+  progress_every_s = 60.0
 
   def __init__(self, config: TrainConfig, num_classes: int, label: str,
                checkpoint_dir: str | None = None):
@@ -192,6 +196,21 @@ class _PaperSchedule(keras.callbacks.Callback):
 
   def _set_lr(self, lr):
     self.model.optimizer.learning_rate.assign(lr)
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch_t0 = self._last_progress = time.perf_counter()
+
+  def on_train_batch_end(self, batch, logs=None):
+    now = time.perf_counter()
+    if now - self._last_progress < self.progress_every_s:
+      return
+    self._last_progress = now
+    done, steps = batch + 1, (self.params or {}).get("steps")
+    rate = done * self.config.batch_size / max(now - self._epoch_t0, 1e-9)
+    eta = (f", epoch ends in ~{(steps - done) * self.config.batch_size / rate:.0f} s"
+           if steps else "")
+    logger.info("%s epoch %d: step %d/%s, %.1f images/s%s", self.label,
+                len(self.history) + 1, done, steps or "?", rate, eta)
 
   def on_train_batch_begin(self, batch, logs=None):
     if self.config.warmup_steps and self.step <= self.config.warmup_steps:

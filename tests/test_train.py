@@ -226,3 +226,23 @@ def test_mixed_bfloat16_trains_with_float32_weights_and_softmax():
   assert edge.get_layer("block1_conv1").compute_dtype == "float32"
   np.testing.assert_array_equal(edge.get_layer("block1_conv2").get_weights()[0],
                                 cloud.get_layer("block1_conv2").get_weights()[0])
+
+
+def test_long_epochs_log_progress_with_step_rate_and_eta(caplog, monkeypatch):
+  config = train_lib.get_config("paper", batch_size=4, max_epochs=1)
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2)])
+  train_lib._compile(model, config)
+  cb = train_lib._PaperSchedule(config, 2, "tiny")
+  x = np.zeros((12, 2), "float32")
+  y = np.zeros((12,), "int64")
+  caplog.set_level("INFO", logger="edgecnn")
+  model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+  # The default interval is far longer than this epoch: only the epoch line.
+  assert not [r for r in caplog.messages if "images/s" in r]
+  monkeypatch.setattr(train_lib._PaperSchedule, "progress_every_s", 0.0)
+  caplog.clear()
+  model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[cb])
+  lines = [r for r in caplog.messages if "images/s" in r]
+  assert [line.split(": ")[1].split(",")[0] for line in lines] == [
+      "step 1/3", "step 2/3", "step 3/3"]
+  assert lines[0].startswith("tiny epoch 1:") and "epoch ends in ~" in lines[0]
