@@ -173,6 +173,25 @@ def test_m_labels_trigger_retrain_version_2_served(tmp_path, cloud):
         "version"] == "2"
     assert client.classify(png(ds, 50))["model_version"] == 2
     assert edge.store.counts()["used"] == 6
+    # TF Serving's versioned predict: the served version answers like the
+    # unversioned route; version 1, deployed but swapped out, is a 404 that
+    # names the version to ask for; an unknown version is a 404 too.
+    x = np.random.default_rng(2).random((2, 24, 24, 1)).astype(np.float32)
+    plain = client.http.post("/v1/models/edgecnn:predict",
+                             json={"instances": x.tolist()})
+    v2 = client.http.post("/v1/models/edgecnn/versions/2:predict",
+                          json={"instances": x.tolist()})
+    assert v2.status_code == 200, v2.text
+    np.testing.assert_allclose(v2.json()["predictions"],
+                               plain.json()["predictions"], atol=1e-6)
+    v1 = client.http.post("/v1/models/edgecnn/versions/1:predict",
+                          json={"instances": x.tolist()})
+    assert v1.status_code == 404
+    assert "no longer loaded" in v1.json()["error"]
+    assert "versions/2:predict" in v1.json()["error"]
+    v9 = client.http.post("/v1/models/edgecnn/versions/9:predict",
+                          json={"instances": x.tolist()})
+    assert v9.status_code == 404 and "versions [1, 2]" in v9.json()["error"]
     assert (tmp_path / "edge-a" / "serving" / "edgecnn" / "2").is_dir()
   finally:
     server.stop()
@@ -351,3 +370,15 @@ def test_cloud_predict_matches_cloudcnn_and_tf_serving_shape(cloud):
   assert got.shape == (3, 10)
   np.testing.assert_allclose(got, runtime.model.predict(x, verbose=0),
                              atol=1e-5)
+  # By version, as TF Serving clients often ask: version 1 only.
+  by_version = httpx.post(server.url + "/v1/models/cloud_cnn/versions/1:predict",
+                          json={"instances": x.tolist()},
+                          headers={"Authorization": "Bearer cloud-secret"},
+                          timeout=60)
+  assert by_version.status_code == 200, by_version.text
+  np.testing.assert_allclose(by_version.json()["predictions"], got, atol=1e-6)
+  missing = httpx.post(server.url + "/v1/models/cloud_cnn/versions/2:predict",
+                       json={"instances": x.tolist()},
+                       headers={"Authorization": "Bearer cloud-secret"},
+                       timeout=60)
+  assert missing.status_code == 404 and "version 1" in missing.json()["error"]

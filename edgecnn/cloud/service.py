@@ -10,7 +10,7 @@ Endpoints (all but /healthz need ``Authorization: Bearer <token>``):
        {"edge": id, "objects": [{"id": hex32, "b64": <uint8 HxWxC bytes>}]}
        -> {"labels": [{"id", "label", "probabilities"}], "model_hash"}
        Idempotent per (edge, object id): a repeated id gets the stored answer.
-  POST /v1/models/{name}:predict              TF Serving REST predict
+  POST /v1/models/{name}[/versions/1]:predict TF Serving REST predict
   GET  /v1/models/{name}                      TF Serving model status
   GET  /v1/models/{name}/versions/{v}
 """
@@ -246,9 +246,17 @@ def create_app(runtime: CloudRuntime):
 
   @app.post("/v1/models/{name}:predict", openapi_extra=serving.PREDICT_BODY)
   async def predict(name: str, request: Request):
+    return await predict_with(name, None, request)
+
+  @app.post("/v1/models/{name}/versions/{version}:predict",
+            openapi_extra=serving.PREDICT_BODY)
+  async def predict_version(name: str, version: str, request: Request):
+    return await predict_with(name, version, request)
+
+  async def predict_with(name: str, version: str | None, request: Request):
     if not authorized(request):
       return unauthorized()
-    if (missing := check_model(name)) is not None:
+    if (missing := check_model(name, version)) is not None:
       return missing
     body = await json_body(request)
     served = runtime.slot.current()

@@ -5,6 +5,8 @@
        stored durably, then answered with class, probabilities, model version
        and object id
   POST /v1/models/edgecnn:predict         TF Serving REST predict
+  POST /v1/models/edgecnn/versions/{v}:predict   the same, by version (only
+                                          the version being served answers)
   GET  /v1/models/edgecnn                 TF Serving model status
   GET  /v1/models/edgecnn/versions/{v}
   GET  /v1/status                         store counts, versions, traffic
@@ -101,6 +103,31 @@ def create_app(edge: runtime_lib.EdgeRuntime):
   async def predict(model: str, request: Request):
     if (missing := check_model(model)) is not None:
       return missing
+    return await predict_with(request, None)
+
+  @app.post("/v1/models/{model}/versions/{version}:predict",
+            openapi_extra=serving.PREDICT_BODY)
+  async def predict_version(model: str, version: str, request: Request):
+    if (missing := check_model(model, version)) is not None:
+      return missing
+    if (gone := not_loaded(int(version))) is not None:
+      return gone
+    return await predict_with(request, int(version))
+
+  def not_loaded(version: int, served_version: int | None = None):
+    """404 for a deployed version that is no longer in memory: like TF
+    Serving's default 'latest' policy, an edge keeps only its newest."""
+    served_version = served_version or edge.slot.current().version
+    if version == served_version:
+      return None
+    return JSONResponse({"error": f"Servable not found for request: {name} "
+                                  f"version {version} is no longer loaded; "
+                                  f"this edge serves version {served_version} "
+                                  f"(POST /v1/models/{name}:predict or "
+                                  f"/v1/models/{name}/versions/"
+                                  f"{served_version}:predict)."}, 404)
+
+  async def predict_with(request: Request, version: int | None):
     ctype = request.headers.get("content-type", "application/json")
     npy = ctype.startswith(serving.NPY_CONTENT_TYPE)
     if not npy and "json" not in ctype:
@@ -122,7 +149,10 @@ def create_app(edge: runtime_lib.EdgeRuntime):
     # big bodies (and b64 images to decode) do not block the event loop.
     small = npy or (len(raw) <= INLINE_PARSE_BYTES and b'"b64"' not in raw)
     x = parse() if small else await run_in_threadpool(parse)
-    probs, _ = await edge.predict_async(x)
+    probs, served_version = await edge.predict_async(x)
+    if version is not None and (
+        gone := not_loaded(version, served_version)) is not None:
+      return gone  # swapped while this request waited for its batch
     return serving.predictions_response(probs)
 
   @app.get("/v1/models/{model}")
