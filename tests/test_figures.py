@@ -141,7 +141,21 @@ def test_accuracy_summary_leaves_out_ablation_rows(tmp_path):
   log.append(key, [("test_accuracy_10crop", 0.70, "fraction")])
   log.append({**key, "condition": "head_pool=paper"},
              [("test_accuracy_10crop", 0.90, "fraction")])
+  log.append({**key, "preset": "paper"},
+             [("test_accuracy_10crop", 0.80, "fraction")])
   summary = figures.accuracy_summary(
       figures.load(tmp_path, "edge_accuracy"), "fashion_mnist")
   assert summary["mean"].tolist() == [pytest.approx(0.70)]
   assert summary["n"].tolist() == [1]
+  # Each preset's rows stand alone, in the summary and in the tables.
+  paper = figures.accuracy_summary(
+      figures.load(tmp_path, "edge_accuracy"), "fashion_mnist", preset="paper")
+  assert paper["mean"].tolist() == [pytest.approx(0.80)]
+  assert "80.00 (n=1) [75.77]" in figures.accuracy_table(
+      tmp_path, "fashion_mnist", preset="paper")
+  assert "70.00 (n=1) [75.77]" in figures.accuracy_table(tmp_path,
+                                                         "fashion_mnist")
+  tables = (figures.render_all(tmp_path, tmp_path / "fig")[-1]).read_text()
+  assert "## Fashion-MNIST: top-1 test accuracy (%), 10-crop, paper preset" \
+      in tables and "MNIST: top-1 test accuracy (%), 10-crop, paper" not in \
+      tables.replace("Fashion-MNIST", "")
