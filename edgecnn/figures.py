@@ -132,12 +132,16 @@ def plot_training_time(results_dir, path=None):
   if frame is None or frame.empty:
     return _empty(fig, ax, "no training_time.csv yet", path)
   rows = frame[frame.metric == "wall_time"]
-  stats = rows.groupby(["dataset", "model"])["value"].agg(
+  if "preset" not in rows:
+    rows = rows.assign(preset="compact")
+  stats = rows.groupby(["dataset", "preset", "model"])["value"].agg(
       ["median", "min", "max"]).reset_index()
   stats = stats.iloc[sorted(range(len(stats)), key=lambda i: (
-      stats.dataset.iloc[i], _model_order(stats.model.iloc[i])))]
-  labels = [f"{DATASET_TITLES.get(d, d)}\n{m}" for d, m in
-            zip(stats.dataset, stats.model)]
+      stats.dataset.iloc[i], stats.preset.iloc[i],
+      _model_order(stats.model.iloc[i])))]
+  labels = [f"{DATASET_TITLES.get(d, d)}"
+            f"{'' if p == 'compact' else f' ({p})'}\n{m}"
+            for d, p, m in zip(stats.dataset, stats.preset, stats.model)]
   colors = ["tab:blue" if m.startswith("EdgeCNN1") else "gray"
             for m in stats.model]
   ax.bar(range(len(stats)), stats["median"], color=colors,
