@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import time
 from typing import Iterable, Sequence
 
 import keras
@@ -162,7 +163,10 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
   n_initial = min(spec.num_images)
   n_all = len(dataset.x_train)
   payloads = {m: models.export_shared_layers(cloud, m) for m in spec.shared}
-  trained = 0
+  trained = skipped = 0
+  total = (len(spec.seeds) * len(spec.num_images) * len(spec.shared)
+           * len(spec.models))
+  start = time.perf_counter()
   for seed in spec.seeds:
     initial = data_lib.subset_split(n_all, n_initial, seed=seed)
     for n in spec.num_images:
@@ -178,6 +182,7 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
           if spec.head_pool is not None:
             key["condition"] = f"head_pool={spec.head_pool}"
           if log.done(key):
+            skipped += 1
             continue
           extra = []
           train_labels = None
@@ -207,6 +212,12 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
                       result.test_accuracy_center, result.epochs,
                       result.wall_time_s, result.stop_reason)
           trained += 1
+          left = total - trained - skipped
+          pace = (time.perf_counter() - start) / trained
+          logger.info("sweep: %d of %d runs done (%d of them from earlier "
+                      "runs), %d left, ~%.0f min at this run's mean pace "
+                      "(larger N take longer)", trained + skipped, total,
+                      skipped, left, left * pace / 60)
   return trained
 
 

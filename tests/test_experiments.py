@@ -77,7 +77,11 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   csv = root / "results" / "edge_accuracy.csv"
   args = [*common, "--num_images=20,40", "--seeds=0", "--shared=3",
           f"--results_csv={csv}"]
-  run("edge_accuracy", *args, cwd=root)
+  first = run("edge_accuracy", *args, cwd=root)
+  assert "sweep: 1 of 4 runs done (0 of them from earlier runs), 3 left" \
+      in first.stderr
+  assert "sweep: 4 of 4 runs done (0 of them from earlier runs), 0 left" \
+      in first.stderr
   rows = pd.read_csv(csv)
   acc = rows[rows.metric == "test_accuracy_10crop"]
   assert sorted(zip(acc.model, acc.num_images, acc.labels)) == [
