@@ -339,7 +339,9 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
   tables = out_dir / "tables.md"
   edge = load(results_dir, "edge_accuracy")
   others = sorted(set(edge.preset) - {"compact"}) if edge is not None else []
-  tables.write_text("".join(
+  tables.write_text(
+      "## Headline numbers (the paper's text) beside ours\n\n"
+      + headline_table(results_dir) + "\n" + "".join(
       f"## {DATASET_TITLES[d]}: top-1 test accuracy (%), 10-crop"
       f"{'' if p == 'compact' else f', {p} preset'}\n\n"
       f"{accuracy_table(results_dir, d, preset=p)}\n"
@@ -349,3 +351,146 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
                                     & (edge.dataset == d)].empty))
   written.append(tables)
   return written
+
+
+def _plain(frame: pd.DataFrame, preset: str) -> pd.DataFrame:
+  """Rows of one preset without an ablation condition."""
+  rows = frame[frame.preset == preset] if "preset" in frame else frame
+  if "condition" in rows:
+    rows = rows[rows.condition.fillna("").astype(str) == ""]
+  return rows
+
+
+def _per_seed(frame, dataset, model, n, metric="test_accuracy_10crop"):
+  rows = frame[(frame.dataset == dataset) & (frame.model == model)
+               & (frame.num_images == n) & (frame.metric == metric)]
+  return rows.groupby("seed")["value"].mean()
+
+
+def _paired(a: pd.Series, b: pd.Series, how) -> pd.Series:
+  both = a.index.intersection(b.index)
+  return pd.Series([how(a[s], b[s]) for s in both], index=both, dtype=float)
+
+
+def _fmt_points(diffs: pd.Series) -> str:
+  if diffs.empty:
+    return "not yet run"
+  spread = f" ± {100 * diffs.std():.2f}" if len(diffs) > 1 else ""
+  return f"{100 * diffs.mean():+.2f}{spread} points (n={len(diffs)})"
+
+
+def _fmt_relative(values: pd.Series) -> str:
+  if values.empty:
+    return "not yet run"
+  extra = (f", seeds {min(values):+.1%} to {max(values):+.1%}"
+           if len(values) > 1 else "")
+  return f"{values.median():+.2%} (median of n={len(values)}{extra})"
+
+
+def headline_table(results_dir, preset: str = "compact") -> str:
+  """The paper's headline numbers (headline_results.md) beside ours, as
+  Markdown, computed from the result CSVs.
+
+  Accuracy gaps and gains are paired per seed (the same subset of images)
+  and given as mean ± std over seeds; time reductions are
+  (ours - baseline) / baseline per seed (training) or per run
+  (inference, response), then the median.
+  """
+  paper = paper_values()
+  lines = ["| claim | paper | ours | from |", "|---|---|---|---|"]
+
+  def paper_value(metric, dataset, model, n=None):
+    row = paper[(paper.metric == metric) & (paper.dataset == dataset)
+                & (paper.model == model)]
+    if n is not None:
+      row = row[row.num_images.astype(str) == str(n)]
+    return float(row.value.iloc[0]) if not row.empty else None
+
+  def table_value(dataset, model, n):
+    row = paper[(paper.metric == "test_accuracy_10crop")
+                & (paper.dataset == dataset) & (paper.model == model)
+                & (paper.num_images.astype(str) == str(n))]
+    return float(row.value.iloc[0]) if not row.empty else None
+
+  edge = load(results_dir, "edge_accuracy")
+  edge = _plain(edge, preset) if edge is not None else None
+  gaps = [("mnist", 3, 120), ("fashion_mnist", 3, 120), ("cifar10", 10, 500),
+          ("mnist", 3, 60000)]
+  for dataset, m, n in gaps:
+    one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
+    theirs = paper_value("accuracy_gain", dataset, f"{one} vs {zero}", n)
+    if theirs is None:
+      a, b = table_value(dataset, one, n), table_value(dataset, zero, n)
+      theirs = a - b if a is not None and b is not None else None
+    ours = ("not yet run" if edge is None else _fmt_points(_paired(
+        _per_seed(edge, dataset, one, n), _per_seed(edge, dataset, zero, n),
+        lambda x, y: x - y)))
+    lines.append(f"| {DATASET_TITLES[dataset]}, {one} - {zero}, N={n:,} | "
+                 f"{100 * theirs:+.2f} points | {ours} | edge_accuracy.csv |")
+  for model in ("EdgeCNN1-3", "EdgeCNN0-3"):
+    theirs = paper_value("accuracy_gain_100_to_5000", "cifar10", model)
+    ours = ("not yet run" if edge is None else _fmt_points(_paired(
+        _per_seed(edge, "cifar10", model, 5000),
+        _per_seed(edge, "cifar10", model, 100), lambda x, y: x - y)))
+    lines.append(f"| CIFAR-10, {model} gain from N=100 to 5,000 | "
+                 f"{100 * theirs:+.2f} points | {ours} | edge_accuracy.csv |")
+
+  timing = load(results_dir, "training_time")
+  timing = _plain(timing, preset) if timing is not None else None
+  for _, row in paper[paper.metric == "training_time_reduction"].iterrows():
+    one, zero = row.model.split(" vs ")
+    n = int(row.num_images)
+    ours = ("not yet run" if timing is None else _fmt_relative(_paired(
+        _per_seed(timing, row.dataset, one, n, "wall_time"),
+        _per_seed(timing, row.dataset, zero, n, "wall_time"),
+        lambda x, y: (x - y) / y)))
+    lines.append(f"| training time, {DATASET_TITLES[row.dataset]}, "
+                 f"{row.model}, N={n} | {float(row.value):+.2%} | {ours} | "
+                 "training_time.csv |")
+
+  infer = load(results_dir, "inference_time")
+  infer = _plain(infer, preset) if infer is not None else None
+  for _, row in paper[paper.metric == "inference_time_reduction"].iterrows():
+    fast, slow = row.model.split(" vs ")
+    found = []
+    if infer is not None:
+      ms = infer[infer.metric == "inference_ms_per_image"]
+      for dataset, group in ms.groupby("dataset"):
+        per = group.groupby("model")["value"].median()
+        if fast in per and slow in per:
+          found.append(f"{(per[fast] - per[slow]) / per[slow]:+.2%} "
+                       f"({DATASET_TITLES.get(dataset, dataset)})")
+    lines.append(f"| inference time, {row.model}, 2,000 "
+                 f"{DATASET_TITLES[row.dataset]} test images | "
+                 f"{float(row.value):+.2%} | "
+                 f"{'; '.join(found) or 'not yet run'} | inference_time.csv |")
+
+  response = load(results_dir, "response_time")
+  claims = [("response_time_reduction_lte_60kb", "lte", 60,
+             "response_time_median", "response time, LTE, 60 KB"),
+            ("upload_time_reduction_lte_512kb", "lte", 512,
+             "upload_time_median", "upload time, LTE, 512 KB"),
+            ("inference_time_reduction_60kb", "lte", 60,
+             "inference_time_median", "inference time, 60 KB"),
+            ("response_time_reduction_wifi", "wifi", 60,
+             "response_time_median", "response time, WiFi (ours at 60 KB)")]
+  for metric, link, size, ours_metric, text in claims:
+    theirs = paper[paper.metric == metric].value.astype(float).iloc[0]
+    found = []
+    if response is not None:
+      rows = response[(response.preset == preset)
+                      & (response.metric == ours_metric)]
+      rows = _conditions(rows) if not rows.empty else rows
+      if not rows.empty:
+        rows = rows[(rows.link == link) & (rows.size_kb == str(size))]
+        for emulation, group in rows.groupby("emulation"):
+          per = group.groupby("model")["value"].median()
+          if "EdgeCNN1-3" in per and "CloudCNN" in per:
+            found.append(f"{(per['EdgeCNN1-3'] - per['CloudCNN']) / per['CloudCNN']:+.2%}"
+                         f" ({emulation})")
+    lines.append(f"| {text}, EdgeCNN1-3 on the edge vs CloudCNN | "
+                 f"{theirs:+.2%} | {'; '.join(found) or 'not yet run'} | "
+                 "response_time.csv |")
+  return "\n".join(lines) + (
+      f"\n\nOurs: {preset} preset. Points: mean ± std over seeds of the per-seed "
+      "difference (same images). Relative: (ours - baseline) / baseline.\n")

@@ -159,3 +159,52 @@ def test_accuracy_summary_leaves_out_ablation_rows(tmp_path):
   assert "## Fashion-MNIST: top-1 test accuracy (%), 10-crop, paper preset" \
       in tables and "MNIST: top-1 test accuracy (%), 10-crop, paper" not in \
       tables.replace("Fashion-MNIST", "")
+
+
+def test_headline_table_computes_each_claim_from_the_csvs(results_dir):
+  table = figures.headline_table(results_dir)
+  lines = {line.split(" | ")[0].lstrip("| "): line for line in
+           table.splitlines() if line.startswith("| ")}
+  # Gaps paired per seed: +10 points in both fixture seeds.
+  assert ("| +8.76 points | +10.00 ± 0.00 points (n=2) |"
+          in lines["MNIST, EdgeCNN1-3 - EdgeCNN0-3, N=120"])
+  assert ("| +17.16 points | +10.00 ± 0.00 points (n=2) |"
+          in lines["Fashion-MNIST, EdgeCNN1-3 - EdgeCNN0-3, N=120"])
+  assert "+1.26 points | not yet run" in lines[
+      "MNIST, EdgeCNN1-3 - EdgeCNN0-3, N=60,000"]
+  assert "| not yet run |" in lines[
+      "CIFAR-10, EdgeCNN1-3 gain from N=100 to 5,000"]
+  # 5 s against 10 s; only the MNIST pair was timed.
+  assert "| -45.15% | -50.00% (median of n=1) |" in lines[
+      "training time, MNIST, EdgeCNN1-10 vs EdgeCNN0-10, N=100"]
+  assert "| not yet run |" in lines[
+      "training time, CIFAR-10, EdgeCNN1-10 vs EdgeCNN0-10, N=120"]
+  assert "| -51.87% | -50.00% (CIFAR-10) |" in lines[
+      "inference time, EdgeCNN1-3 vs EdgeCNN1-10, 2,000 CIFAR-10 test images"]
+  assert "| not yet run |" in lines[
+      "inference time, EdgeCNN1-3 vs EdgeCNN1-5, 2,000 CIFAR-10 test images"]
+  for claim in ("response time, LTE, 60 KB", "upload time, LTE, 512 KB",
+                "inference time, 60 KB", "response time, WiFi (ours at 60 KB)"):
+    assert "| -50.00% (proxy) |" in lines[
+        f"{claim}, EdgeCNN1-3 on the edge vs CloudCNN"], claim
+  assert len(lines) == 16  # header + 15 claims
+
+
+def test_headline_table_pairs_seeds_and_skips_ablations(tmp_path):
+  log = results.ResultLog(tmp_path / "edge_accuracy.csv",
+                          {"experiment": "edge_accuracy", "device": "CPU",
+                           "threads": 2, "commit": "abc"})
+  base = {"dataset": "fashion_mnist", "preset": "compact", "num_shared": 3,
+          "labels": "true", "num_images": 120}
+  for seed, one, zero in ((0, 0.80, 0.60), (1, 0.70, 0.60), (2, 0.99, None)):
+    log.append({**base, "model": "EdgeCNN1-3", "pretrained": True,
+                "seed": seed}, [("test_accuracy_10crop", one, "fraction")])
+    if zero is not None:
+      log.append({**base, "model": "EdgeCNN0-3", "pretrained": False,
+                  "seed": seed}, [("test_accuracy_10crop", zero, "fraction")])
+  log.append({**base, "model": "EdgeCNN0-3", "pretrained": False, "seed": 2,
+              "condition": "head_pool=paper"},
+             [("test_accuracy_10crop", 0.10, "fraction")])
+  table = figures.headline_table(tmp_path)
+  # Seed 2 has no plain EdgeCNN0-3 row: left out, not paired with the ablation.
+  assert "| +15.00 ± 7.07 points (n=2) |" in table
