@@ -439,16 +439,20 @@ def parse_json(raw: bytes) -> Any:
     raise RequestError(f"Malformed JSON: {e}.") from e
 
 
-def predictions_response(probs: np.ndarray, headers: dict | None = None):
-  """``{"predictions": probs}`` as an HTTP response, encoded without
-  building Python lists (orjson serialises float32 arrays directly)."""
-  from starlette.responses import Response
+def predictions_body(probs: np.ndarray) -> bytes:
+  """``{"predictions": probs}`` as JSON bytes, encoded without building
+  Python lists (orjson serialises float32 arrays directly)."""
   if _orjson is not None:
-    body = _orjson.dumps({"predictions": np.ascontiguousarray(probs)},
+    return _orjson.dumps({"predictions": np.ascontiguousarray(probs)},
                          option=_orjson.OPT_SERIALIZE_NUMPY)
-  else:  # pragma: no cover
-    body = json.dumps({"predictions": probs.tolist()}).encode()
-  return Response(body, media_type="application/json", headers=headers)
+  return json.dumps({"predictions": probs.tolist()}).encode()  # pragma: no cover
+
+
+def predictions_response(probs: np.ndarray, headers: dict | None = None):
+  """predictions_body as an HTTP response."""
+  from starlette.responses import Response
+  return Response(predictions_body(probs), media_type="application/json",
+                  headers=headers)
 
 
 def install_error_handlers(app) -> None:

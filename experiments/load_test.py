@@ -51,6 +51,9 @@ CLIENT = flags.DEFINE_enum(
     "client", "raw", ["raw", "httpx"], "Load generator's HTTP client: raw "
     "keep-alive HTTP/1.1 sockets (little CPU of its own, so the edge gets the "
     "cores) or httpx.")
+FAST_PREDICT = flags.DEFINE_bool(
+    "fast_predict", True, "The edge's pure-ASGI predict fast path "
+    "(edgecnn.edge --fast_predict); rows carry fast_path=on|off.")
 HOT_SWAPS = flags.DEFINE_integer(
     "hot_swaps", 0, "Retrains forced (and deployed if not worse) during an "
     "extra load run at the highest concurrency.")
@@ -202,7 +205,8 @@ def main(argv):
       f"--workdir={work / 'edge'}", "--max_epochs=3", f"--port={eport}",
       f"--max_batch={MAX_BATCH.value}",
       f"--max_batch_wait_ms={MAX_WAIT.value}", "--admin_token=adm",
-      "--retrain_threshold=1000000", "--gate_tolerance=1.0", log=log_file))
+      "--retrain_threshold=1000000", "--gate_tolerance=1.0",
+      f"--{'' if FAST_PREDICT.value else 'no'}fast_predict", log=log_file))
   import httpx
   base = f"http://127.0.0.1:{eport}"
   try:
@@ -248,7 +252,8 @@ def main(argv):
       cond = f"http;client={CLIENT.value};body={BODY.value};" \
              f"concurrency={level};" \
              f"max_batch={MAX_BATCH.value};" \
-             f"wait_ms={MAX_WAIT.value:g}"
+             f"wait_ms={MAX_WAIT.value:g};" \
+             f"fast_path={'on' if FAST_PREDICT.value else 'off'}"
       log.append({**key, "condition": cond}, [
           ("images_per_s", rate, "images/s"),
           ("fraction_of_model_throughput", rate / own_rate, "fraction"),
