@@ -1,3 +1,5 @@
+import dataclasses
+import json
 import math
 
 import keras
@@ -246,3 +248,65 @@ def test_long_epochs_log_progress_with_step_rate_and_eta(caplog, monkeypatch):
   assert [line.split(": ")[1].split(",")[0] for line in lines] == [
       "step 1/3", "step 2/3", "step 3/3"]
   assert lines[0].startswith("tiny epoch 1:") and "epoch ends in ~" in lines[0]
+
+
+def test_step_dead_check_stops_a_chance_run_mid_epoch():
+  config = train_lib.get_config("paper", batch_size=4, dead_check_steps=2,
+                                max_restarts=1, learning_rate=1e-9)
+  model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(
+      3, kernel_initializer="zeros")])  # uniform output: argmax is class 0
+  train_lib._compile(model, config)
+  cb = train_lib._PaperSchedule(config, 3, "dead")
+  x = np.ones((40, 2), "float32")
+  y = np.ones((40,), "int64")  # never class 0: accuracy 0 <= 1.5 / 3
+  model.fit(x, y, batch_size=4, epochs=5, verbose=0, callbacks=[cb])
+  assert cb.stop_reason == "dead" and cb.dead
+  assert cb.step == 2 and len(cb.history) == 1  # stopped inside epoch 1
+  # Without restarts to make, the run is only marked, not stopped.
+  cb = train_lib._PaperSchedule(
+      dataclasses.replace(config, max_restarts=0), 3, "marked")
+  model.fit(x, y, batch_size=4, epochs=2, verbose=0, callbacks=[cb])
+  assert cb.dead and cb.stop_reason == "max_epochs" and len(cb.history) == 2
+
+
+def test_a_restarted_run_checkpoints_and_resumes_as_the_restart(tmp_path,
+                                                                monkeypatch):
+  ds = fake_dataset("mnist", n_train=60, n_test=10)
+  split = data_lib.subset_split(60, 60, seed=0)
+  ckpt = tmp_path / "ckpt"
+  config = train_lib.get_config("paper", max_epochs=4, batch_size=16,
+                                max_restarts=2)
+  original_end = train_lib._PaperSchedule._epoch_end
+  original_save = train_lib._PaperSchedule._save_checkpoint
+
+  class Kill(Exception):
+    pass
+
+  def end(self, epoch, logs=None):
+    original_end(self, epoch, logs)
+    if self.restarts == 0 and epoch == 0:
+      self._stop("dead")  # the first initialisation dies in epoch 1
+
+  def save(self, epoch):
+    original_save(self, epoch)
+    if self.restarts == 1 and epoch == 2:
+      raise Kill()  # the machine goes away during the restart
+
+  monkeypatch.setattr(train_lib._PaperSchedule, "_epoch_end", end)
+  monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint", save)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  with pytest.raises(Kill):
+    train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                 checkpoint_dir=str(ckpt), evaluate_test=False)
+  state = json.loads((ckpt / "state.json").read_text())
+  assert state["restarts"] == 1 and len(state["history"]) == 2
+  monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint",
+                      original_save)
+  again = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=1)
+  result = train_lib.train_and_evaluate(again, ds, split, config, seed=0,
+                                        checkpoint_dir=str(ckpt),
+                                        evaluate_test=False)
+  # Resumed as restart 1 (not a fresh first run that would die again).
+  assert result.restarts == 1
+  assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+  assert not ckpt.exists()
