@@ -106,8 +106,12 @@ def main(argv):
          "labels": "true",
          "num_images": NUM_IMAGES.value or len(dataset.x_train),
          "seed": SEED.value}
-  if PRECISION.value != "float32":
-    key["condition"] = f"precision={PRECISION.value}"
+  # Rows of the paper's recipe carry no condition; anything else says what.
+  condition = [f"train_config={common.TRAIN_CONFIG.value}"] * (
+      common.TRAIN_CONFIG.value != "paper") + [
+          f"precision={PRECISION.value}"] * (PRECISION.value != "float32")
+  if condition:
+    key["condition"] = ";".join(condition)
   if chief:
     log.append(key, sweeps.train_metrics(result))
   logging.info("CloudCNN saved to %s: %s", directory, json.dumps({

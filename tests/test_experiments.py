@@ -45,6 +45,7 @@ def test_train_cloud_saves_model_payloads_and_rows(workspace):
   assert set(rows["metric"]) >= {"test_accuracy_10crop", "test_accuracy_center",
                                  "epochs", "wall_time"}
   assert (rows["model"] == "CloudCNN").all() and (rows["num_images"] == 60).all()
+  assert set(rows["condition"]) == {"train_config=quick"}  # not the paper's
   flags_file = root / "results" / "train_cloud.mnist-compact-seed0.flags.json"
   saved = json.loads(flags_file.read_text())
   assert saved["num_images"] == 60 and saved["dataset"] == "mnist"
@@ -60,7 +61,7 @@ def test_train_cloud_mixed_precision_row_and_float32_weights(workspace):
       "--num_images=60", "--shared=3", "--precision=mixed_bfloat16",
       f"--results_csv={csv}", cwd=root)
   rows = pd.read_csv(csv, keep_default_na=False)
-  assert set(rows.condition) == {"precision=mixed_bfloat16"}
+  assert set(rows.condition) == {"train_config=quick;precision=mixed_bfloat16"}
   acc = rows[rows.metric == "test_accuracy_10crop"].value.astype(float)
   assert 0.0 <= acc.iloc[0] <= 1.0
   import h5py
