@@ -36,6 +36,23 @@ INLINE_PARSE_BYTES = 64 * 1024
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
 
 
+def parse_predict(edge: runtime_lib.EdgeRuntime, raw: bytes, npy: bool):
+  """A predict body (``.npy`` or TF Serving JSON) as the model's input."""
+  input_shape = (edge.crop, edge.crop, edge.info.image_shape[2])
+  if npy:
+    return serving.parse_npy_body(raw, input_shape=input_shape)
+  return serving.parse_predict_body(serving.parse_json(raw),
+                                    input_shape=input_shape,
+                                    image_shape=edge.info.image_shape)
+
+
+def parses_inline(raw: bytes, npy: bool) -> bool:
+  """Whether a body is cheap enough to parse on the event loop: a phone's
+  few instances parse faster than a hop to a worker thread; big bodies (and
+  b64 images to decode) must not block the loop."""
+  return npy or (len(raw) <= INLINE_PARSE_BYTES and b'"b64"' not in raw)
+
+
 class FastPredict:
   """A pure-ASGI fast path for the happy case of the unversioned predict.
 
@@ -53,7 +70,6 @@ class FastPredict:
 
   def __init__(self, app, edge: runtime_lib.EdgeRuntime):
     self.app, self.edge = app, edge
-    self.input_shape = (edge.crop, edge.crop, edge.info.image_shape[2])
 
   async def __call__(self, scope, receive, send):
     if (scope["type"] != "http" or scope["path"] != self.PATH
@@ -81,12 +97,9 @@ class FastPredict:
         break
     raw = b"".join(chunks)
     try:
-      if size > limit or (not npy and b'"b64"' in raw):
+      if size > limit or not parses_inline(raw, npy):
         raise serving.RequestError("not for the fast path")
-      x = (serving.parse_npy_body(raw, input_shape=self.input_shape) if npy
-           else serving.parse_predict_body(
-               serving.parse_json(raw), input_shape=self.input_shape,
-               image_shape=self.edge.info.image_shape))
+      x = parse_predict(self.edge, raw, npy)
       probs, _ = await self.edge.predict_async(x)
       body = serving.predictions_body(probs)
     except Exception:  # the route answers it, errors included
@@ -194,7 +207,8 @@ def create_app(edge: runtime_lib.EdgeRuntime, *, fast_predict: bool = True):
   def not_loaded(version: int, served_version: int | None = None):
     """404 for a deployed version that is no longer in memory: like TF
     Serving's default 'latest' policy, an edge keeps only its newest."""
-    served_version = served_version or edge.slot.current().version
+    if served_version is None:
+      served_version = edge.slot.current().version
     if version == served_version:
       return None
     return JSONResponse({"error": f"Servable not found for request: {name} "
@@ -213,19 +227,8 @@ def create_app(edge: runtime_lib.EdgeRuntime, *, fast_predict: bool = True):
           f"(TF Serving's body) or {serving.NPY_CONTENT_TYPE} (numpy.save).",
           415)
     raw = await read_body(request, MAX_JSON_BYTES)
-    input_shape = (edge.crop, edge.crop, edge.info.image_shape[2])
-
-    def parse():
-      if npy:
-        return serving.parse_npy_body(raw, input_shape=input_shape)
-      return serving.parse_predict_body(
-          serving.parse_json(raw), input_shape=input_shape,
-          image_shape=edge.info.image_shape)
-
-    # A phone's few instances parse faster than a hop to a worker thread;
-    # big bodies (and b64 images to decode) do not block the event loop.
-    small = npy or (len(raw) <= INLINE_PARSE_BYTES and b'"b64"' not in raw)
-    x = parse() if small else await run_in_threadpool(parse)
+    x = (parse_predict(edge, raw, npy) if parses_inline(raw, npy)
+         else await run_in_threadpool(parse_predict, edge, raw, npy))
     probs, served_version = await edge.predict_async(x)
     if version is not None and (
         gone := not_loaded(version, served_version)) is not None:
