@@ -51,11 +51,8 @@ def accuracy_summary(edge: pd.DataFrame, dataset: str,
   ``preset`` are summarised (None: every preset together), so the paper
   preset's few rows never average into the compact preset's.
   """
-  rows = edge[(edge.dataset == dataset) & (edge.metric == metric)]
-  if preset is not None and "preset" in rows:
-    rows = rows[rows.preset == preset]
-  if "condition" in rows:
-    rows = rows[rows.condition.fillna("").astype(str) == ""]
+  rows = _plain(edge[(edge.dataset == dataset) & (edge.metric == metric)],
+                preset)
   if rows.empty:
     return pd.DataFrame(columns=["model", "num_shared", "pretrained",
                                  "num_images", "mean", "std", "n"])
@@ -353,9 +350,10 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
   return written
 
 
-def _plain(frame: pd.DataFrame, preset: str) -> pd.DataFrame:
-  """Rows of one preset without an ablation condition."""
-  rows = frame[frame.preset == preset] if "preset" in frame else frame
+def _plain(frame: pd.DataFrame, preset: str | None) -> pd.DataFrame:
+  """Rows of one preset (None: any) without an ablation condition."""
+  rows = (frame[frame.preset == preset]
+          if preset is not None and "preset" in frame else frame)
   if "condition" in rows:
     rows = rows[rows.condition.fillna("").astype(str) == ""]
   return rows
