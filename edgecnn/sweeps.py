@@ -146,12 +146,15 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
                         spec: SweepSpec, config: train_lib.TrainConfig,
                         log: results.ResultLog, *,
                         labeler: CloudLabeler | None = None,
-                        tensorboard_dir: str | None = None) -> int:
+                        tensorboard_dir: str | None = None,
+                        trunk_cache: eval_lib.TrunkCache | None = None) -> int:
   """Trains EdgeCNN0-m and EdgeCNN1-m over a grid of N and seeds.
 
   Rows already in ``log`` are skipped, so a killed sweep resumes. The loop
   order is seed, N (in the order given), m, model: pass the most informative
-  N first to have those rows land first.
+  N first to have those rows land first. With a ``trunk_cache``, every
+  EdgeCNN1-m after the first of each m runs only its head over the test
+  crops (see evaluate.TrunkCache).
 
   Returns:
     The number of runs trained (not skipped).
@@ -203,7 +206,7 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
           logger.info("training %s (%s labels)", name, label_source)
           result = train_lib.train_and_evaluate(
               edge, dataset, split, config, seed=seed,
-              train_labels=train_labels, label=name,
+              train_labels=train_labels, label=name, trunk_cache=trunk_cache,
               tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
                   " ", "_")) if tensorboard_dir else None))
           log.append(key, train_metrics(result) + extra)

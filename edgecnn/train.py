@@ -408,7 +408,9 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
                        tensorboard_dir: str | None = None,
                        label: str | None = None,
                        strategy=None,
-                       checkpoint_dir: str | None = None) -> TrainResult:
+                       checkpoint_dir: str | None = None,
+                       trunk_cache: eval_lib.TrunkCache | None = None
+                       ) -> TrainResult:
   """Trains a model with the paper's schedule and evaluates it on test.
 
   Args:
@@ -427,6 +429,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     checkpoint_dir: if set, the run is checkpointed after every epoch and a
       rerun with the same directory resumes where it stopped (removed when
       training ends).
+    trunk_cache: if set, test features of a frozen trunk (EdgeCNN1) are
+      taken from and kept in it (see evaluate.TrunkCache).
 
   Returns:
     A TrainResult.
@@ -498,7 +502,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   if evaluate_test:
     test = eval_lib.evaluate(model, dataset.x_test, dataset.y_test,
                              crop_size=crop, flip=info.flip,
-                             batch_size=config.eval_batch_size)
+                             batch_size=config.eval_batch_size,
+                             cache=trunk_cache)
   trainable, frozen = models.count_params(model)
   best_val = schedule.best[0] if schedule.best_weights is not None else 0.0
   chance = 1.0 / info.num_classes

@@ -1,0 +1,129 @@
+"""evaluate.TrunkCache: EdgeCNN1's frozen-trunk features reused across runs."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from edgecnn import evaluate as eval_lib
+from edgecnn import models
+from edgecnn import results
+from edgecnn import sweeps
+from edgecnn import train as train_lib
+from tests.conftest import fake_dataset
+
+CROP = 24
+
+
+def _edge(cloud, m, *, pretrained=True, seed=0):
+  edge = models.build_edge_cnn(cloud, m, pretrained=pretrained, seed=seed)
+  # A head that is not at its initial values, as after training.
+  fc = edge.get_layer("fc1")
+  fc.kernel.assign(fc.kernel + 0.05 * np.sin(np.arange(
+      np.prod(fc.kernel.shape))).reshape(fc.kernel.shape))
+  return edge
+
+
+@pytest.fixture(scope="module")
+def setup():
+  keras.utils.set_random_seed(0)
+  cloud = models.build_cloud_cnn((CROP, CROP, 1), preset="compact", seed=0)
+  return cloud, fake_dataset("fashion_mnist", n_train=40, n_test=30)
+
+
+@pytest.mark.parametrize("flip", [True, False])
+def test_cached_probabilities_equal_the_whole_model(setup, flip):
+  cloud, ds = setup
+  cache = eval_lib.TrunkCache()
+  for m in (3, 10):
+    edge = _edge(cloud, m)
+    first = cache.predict_probs(edge, ds.x_test, crop_size=CROP, flip=flip,
+                                batch_size=16)
+    again = cache.predict_probs(edge, ds.x_test, crop_size=CROP, flip=flip,
+                                batch_size=16)
+    for mode in eval_lib.CROP_MODES:
+      whole = eval_lib.predict_probs(edge, ds.x_test, crop_size=CROP,
+                                     mode=mode, flip=flip, batch_size=16)
+      np.testing.assert_array_equal(first[mode], whole)
+      np.testing.assert_array_equal(again[mode], whole)
+  assert (cache.misses, cache.hits) == (2, 2)
+
+
+def test_a_new_head_on_the_same_trunk_is_a_hit(setup):
+  cloud, ds = setup
+  cache = eval_lib.TrunkCache()
+  a, b = _edge(cloud, 5, seed=1), _edge(cloud, 5, seed=2)
+  probs_a = cache.predict_probs(a, ds.x_test, crop_size=CROP, flip=True)
+  probs_b = cache.predict_probs(b, ds.x_test, crop_size=CROP, flip=True)
+  assert (cache.misses, cache.hits) == (1, 1)
+  assert not np.array_equal(probs_a["ten_crop"], probs_b["ten_crop"])
+  np.testing.assert_array_equal(
+      probs_b["ten_crop"],
+      eval_lib.predict_probs(b, ds.x_test, crop_size=CROP, flip=True))
+
+
+def test_other_trunks_images_or_protocols_are_misses(setup):
+  cloud, ds = setup
+  cache = eval_lib.TrunkCache()
+  edge = _edge(cloud, 3)
+  cache.predict_probs(edge, ds.x_test, crop_size=CROP, flip=True)
+  other_cloud = models.build_cloud_cnn((CROP, CROP, 1), preset="compact",
+                                       seed=5)
+  cache.predict_probs(_edge(other_cloud, 3), ds.x_test, crop_size=CROP,
+                      flip=True)
+  cache.predict_probs(edge, ds.x_test[:-1], crop_size=CROP, flip=True)
+  cache.predict_probs(edge, ds.x_test, crop_size=CROP, flip=False)
+  assert (cache.misses, cache.hits) == (4, 0)
+
+
+def test_trainable_trunks_and_oversized_features_are_left_whole(setup):
+  cloud, ds = setup
+  cache = eval_lib.TrunkCache()
+  assert cache.predict_probs(_edge(cloud, 3, pretrained=False), ds.x_test,
+                             crop_size=CROP, flip=True) is None
+  assert cache.predict_probs(cloud, ds.x_test, crop_size=CROP,
+                             flip=True) is None
+  # m=3 compact: 12x12x32 float32 features per crop, 11 crops per image.
+  need = len(ds.x_test) * 11 * 12 * 12 * 32 * 4
+  small = eval_lib.TrunkCache(max_bytes=need - 1)
+  assert small.predict_probs(_edge(cloud, 3), ds.x_test, crop_size=CROP,
+                             flip=True) is None
+  exact = eval_lib.TrunkCache(max_bytes=need)
+  assert exact.predict_probs(_edge(cloud, 3), ds.x_test, crop_size=CROP,
+                             flip=True) is not None
+  assert exact.nbytes == need
+  # A second trunk evicts the first rather than exceeding the budget.
+  exact.predict_probs(_edge(cloud, 5), ds.x_test, crop_size=CROP, flip=True)
+  assert exact.nbytes <= need and exact.misses == 2
+  with pytest.raises(ValueError, match="max_bytes=-1"):
+    eval_lib.TrunkCache(max_bytes=-1)
+
+
+def test_evaluate_with_a_cache_gives_the_same_accuracies(setup):
+  cloud, ds = setup
+  cache = eval_lib.TrunkCache()
+  for pretrained in (True, False):
+    edge = _edge(cloud, 3, pretrained=pretrained)
+    kw = dict(crop_size=CROP, flip=True, batch_size=16)
+    assert eval_lib.evaluate(edge, ds.x_test, ds.y_test, cache=cache, **kw) \
+        == eval_lib.evaluate(edge, ds.x_test, ds.y_test, **kw)
+  assert (cache.misses, cache.hits) == (1, 0)  # EdgeCNN0 never cached
+
+
+def test_sweep_rows_are_the_same_with_and_without_the_cache(setup, tmp_path):
+  cloud, ds = setup
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3,), labels="oracle")
+  config = train_lib.CONFIGS["quick"]
+  values = {}
+  for name, cache in (("whole", None), ("cached", eval_lib.TrunkCache())):
+    log = results.ResultLog(tmp_path / f"{name}.csv",
+                            {"experiment": "edge_accuracy"})
+    sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, trunk_cache=cache)
+    rows = pd.read_csv(tmp_path / f"{name}.csv")
+    acc = rows[rows.metric.str.startswith("test_accuracy")]
+    values[name] = sorted(zip(acc.model, acc.num_images, acc.metric, acc.value))
+    if cache is not None:
+      assert (cache.misses, cache.hits) == (1, 1)
+  assert len(values["whole"]) == 8
+  assert values["cached"] == values["whole"]
