@@ -147,14 +147,20 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
                         log: results.ResultLog, *,
                         labeler: CloudLabeler | None = None,
                         tensorboard_dir: str | None = None,
-                        trunk_cache: eval_lib.TrunkCache | None = None) -> int:
+                        trunk_cache: eval_lib.TrunkCache | None = None,
+                        checkpoint_root: str | os.PathLike | None = None,
+                        checkpoint_min_images: int = 10_000) -> int:
   """Trains EdgeCNN0-m and EdgeCNN1-m over a grid of N and seeds.
 
   Rows already in ``log`` are skipped, so a killed sweep resumes. The loop
   order is seed, N (in the order given), m, model: pass the most informative
   N first to have those rows land first. With a ``trunk_cache``, every
   EdgeCNN1-m after the first of each m runs only its head over the test
-  crops (see evaluate.TrunkCache).
+  crops (see evaluate.TrunkCache). With a ``checkpoint_root``, runs of at
+  least ``checkpoint_min_images`` images checkpoint every epoch under it (one
+  directory per run, named by its row key and the cloud model's hash) and
+  a rerun resumes them, so a killed N=60,000 run loses at most one epoch; the
+  directory is removed when the run ends.
 
   Returns:
     The number of runs trained (not skipped).
@@ -166,6 +172,7 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
   n_initial = min(spec.num_images)
   n_all = len(dataset.x_train)
   payloads = {m: models.export_shared_layers(cloud, m) for m in spec.shared}
+  cloud_hash = models.model_hash(cloud)
   trained = skipped = 0
   total = (len(spec.seeds) * len(spec.num_images) * len(spec.shared)
            * len(spec.models))
@@ -203,10 +210,18 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
               kernel_initializer=spec.kernel_initializer, seed=seed,
               head_pool=spec.head_pool)
           name = f"{model_label(pretrained, m)} N={n} seed={seed}"
+          checkpoint_dir = None
+          if checkpoint_root is not None and n >= checkpoint_min_images:
+            checkpoint_dir = str(pathlib.Path(checkpoint_root) / (
+                f"{dataset.info.name}-{spec.preset}-{model_label(pretrained, m)}"
+                f"-N{n}-seed{seed}-{label_source}"
+                + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
+                + f"-{cloud_hash[:12]}"))
           logger.info("training %s (%s labels)", name, label_source)
           result = train_lib.train_and_evaluate(
               edge, dataset, split, config, seed=seed,
               train_labels=train_labels, label=name, trunk_cache=trunk_cache,
+              checkpoint_dir=checkpoint_dir,
               tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
                   " ", "_")) if tensorboard_dir else None))
           log.append(key, train_metrics(result) + extra)

@@ -11,6 +11,8 @@ put the most informative first.
 
 from __future__ import annotations
 
+import pathlib
+
 from absl import app
 from absl import flags
 
@@ -48,6 +50,12 @@ TRUNK_CACHE_GB = flags.DEFINE_float(
     "2.9 GiB on Fashion-MNIST, 1.6 on MNIST (5 crops), 4.1 on CIFAR-10. "
     "Trunks whose features do not fit are evaluated whole; 0 turns the cache "
     "off.")
+CHECKPOINT_MIN_IMAGES = flags.DEFINE_integer(
+    "checkpoint_min_images", 10_000, "Runs with at least this many images "
+    "(N=60,000, CIFAR-10's 50,000) checkpoint every epoch under "
+    "<workdir>/sweep_checkpoints/ and resume from there when the command is "
+    "rerun, so a killed long run loses at most one epoch. 0 turns it off.",
+    lower_bound=0)
 EXPERIMENT = flags.DEFINE_string(
     "experiment", "edge_accuracy", "Experiment name in the rows and default "
     "CSV name (training_time reuses this binary's library).")
@@ -77,7 +85,10 @@ def run(experiment: str) -> int:
       dataset, cloud, spec, common.train_config(), log, labeler=labeler,
       tensorboard_dir=common.TENSORBOARD_DIR.value,
       trunk_cache=(eval_lib.TrunkCache(int(TRUNK_CACHE_GB.value * 2**30))
-                   if TRUNK_CACHE_GB.value != 0 else None))
+                   if TRUNK_CACHE_GB.value != 0 else None),
+      checkpoint_root=(pathlib.Path(common.WORKDIR.value) / "sweep_checkpoints"
+                       if CHECKPOINT_MIN_IMAGES.value else None),
+      checkpoint_min_images=CHECKPOINT_MIN_IMAGES.value)
 
 
 def main(argv):

@@ -127,3 +127,46 @@ def test_sweep_rows_are_the_same_with_and_without_the_cache(setup, tmp_path):
       assert (cache.misses, cache.hits) == (1, 1)
   assert len(values["whole"]) == 8
   assert values["cached"] == values["whole"]
+
+
+def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
+                                                       monkeypatch):
+  cloud, ds = setup
+  seen = []
+  real_train = train_lib.train_and_evaluate
+  real_save = train_lib._PaperSchedule._save_checkpoint
+
+  class Kill(Exception):
+    pass
+
+  def spy(*args, **kwargs):
+    seen.append(kwargs.get("checkpoint_dir"))
+    return real_train(*args, **kwargs)
+
+  def save_then_die(self, epoch):
+    real_save(self, epoch)
+    if epoch == 2:
+      raise Kill()
+
+  monkeypatch.setattr(sweeps.train_lib, "train_and_evaluate", spy)
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3,), labels="oracle", models=(True,))
+  config = train_lib.get_config("paper", max_epochs=4)
+  root = tmp_path / "ckpt"
+  log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
+  kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
+  monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint",
+                      save_then_die)
+  with pytest.raises(Kill):
+    sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
+  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
+                    f"{models.model_hash(cloud)[:12]}")
+  assert seen == [None, str(run_dir)]  # N=20 is below the threshold
+  assert (run_dir / "state.json").exists()
+  monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint", real_save)
+  sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
+  assert seen[2:] == [str(run_dir)]  # N=20 was done: skipped
+  rows = pd.read_csv(tmp_path / "rows.csv")
+  epochs = rows[(rows.num_images == 40) & (rows.metric == "epochs")].value
+  assert epochs.tolist() == [4]  # 2 before the kill, 2 after the resume
+  assert not run_dir.exists()  # removed when the run ended
