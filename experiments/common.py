@@ -42,6 +42,11 @@ LR_PATIENCE = flags.DEFINE_integer(
     "/10 learning-rate cut (the paper does not say; the named configs use "
     "10, Keras' ReduceLROnPlateau default); overrides the named config.",
     lower_bound=1)
+AUGMENT = flags.DEFINE_bool(
+    "augment", None, "Train on random crops (and mirrors where the dataset "
+    "allows them), the named configs' default, which 10-crop testing "
+    "implies; --noaugment trains on centre crops (an ablation); overrides "
+    "the named config.")
 CROP_SIZE = flags.DEFINE_integer(
     "crop_size", None, "Crop side for training and 10-crop testing; default "
     "24 for 28x28 datasets and 28 for CIFAR-10.")
@@ -79,6 +84,8 @@ def train_config() -> train_lib.TrainConfig:
     overrides["crop_size"] = CROP_SIZE.value
   if LR_PATIENCE.value is not None:
     overrides["lr_patience"] = LR_PATIENCE.value
+  if AUGMENT.value is not None:
+    overrides["augment"] = AUGMENT.value
   return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 

@@ -207,8 +207,10 @@ def test_schedule_flags_override_the_named_config():
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
   assert common.train_config().lr_patience == 10
-  with flagsaver.flagsaver(lr_patience=5, max_epochs=7):
+  assert common.train_config().augment
+  with flagsaver.flagsaver(lr_patience=5, max_epochs=7, augment=False):
     config = common.train_config()
-    assert (config.lr_patience, config.max_epochs) == (5, 7)
+    assert (config.lr_patience, config.max_epochs, config.augment) == (5, 7,
+                                                                       False)
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS.lr_patience = 0
