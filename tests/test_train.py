@@ -310,3 +310,22 @@ def test_a_restarted_run_checkpoints_and_resumes_as_the_restart(tmp_path,
   assert result.restarts == 1
   assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
   assert not ckpt.exists()
+
+
+def test_noaugment_trains_on_centre_crops(monkeypatch):
+  ds = fake_dataset("fashion_mnist", n_train=40, n_test=10)
+  split = data_lib.subset_split(40, 40, seed=0)
+  calls = []
+  real_train, real_eval = data_lib.train_pipeline, data_lib.eval_pipeline
+  monkeypatch.setattr(data_lib, "train_pipeline", lambda *a, **k: (
+      calls.append("random"), real_train(*a, **k))[1])
+  monkeypatch.setattr(data_lib, "eval_pipeline", lambda *a, **k: (
+      calls.append("centre"), real_eval(*a, **k))[1])
+  for augment, expected in ((False, ["centre", "centre"]),
+                            (True, ["random", "centre"])):
+    calls.clear()
+    model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+    config = train_lib.get_config("quick", max_epochs=1, augment=augment)
+    train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                 evaluate_test=False)
+    assert calls == expected  # training pipeline, then validation
