@@ -47,6 +47,11 @@ AUGMENT = flags.DEFINE_bool(
     "allows them), the named configs' default, which 10-crop testing "
     "implies; --noaugment trains on centre crops (an ablation); overrides "
     "the named config.")
+TIE_BREAK_LOSS = flags.DEFINE_bool(
+    "tie_break_loss", None, "Count an equal validation accuracy with a lower "
+    "validation loss as an improvement (the named configs' default: tiny "
+    "validation sets tie constantly); --notie_break_loss counts accuracy "
+    "alone. Overrides the named config.")
 CROP_SIZE = flags.DEFINE_integer(
     "crop_size", None, "Crop side for training and 10-crop testing; default "
     "24 for 28x28 datasets and 28 for CIFAR-10.")
@@ -86,6 +91,8 @@ def train_config() -> train_lib.TrainConfig:
     overrides["lr_patience"] = LR_PATIENCE.value
   if AUGMENT.value is not None:
     overrides["augment"] = AUGMENT.value
+  if TIE_BREAK_LOSS.value is not None:
+    overrides["tie_break_loss"] = TIE_BREAK_LOSS.value
   return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 
