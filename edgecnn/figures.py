@@ -125,8 +125,8 @@ def plot_training_time(results_dir, path=None):
   """Training time to the stopping rule, EdgeCNN0-m vs EdgeCNN1-m (Fig. 10)."""
   plt = _plt()
   frame = load(results_dir, "training_time")
-  fig, ax = plt.subplots(figsize=(8, 4))
   if frame is None or frame.empty:
+    fig, ax = plt.subplots(figsize=(8, 4))
     return _empty(fig, ax, "no training_time.csv yet", path)
   rows = frame[frame.metric == "wall_time"]
   if "preset" not in rows:
@@ -137,14 +137,20 @@ def plot_training_time(results_dir, path=None):
       stats.dataset.iloc[i], stats.preset.iloc[i],
       _model_order(stats.model.iloc[i])))]
   labels = [f"{DATASET_TITLES.get(d, d)}"
-            f"{'' if p == 'compact' else f' ({p})'}\n{m}"
+            f"{'' if p == 'compact' else f' ({p})'} {m}"
             for d, p, m in zip(stats.dataset, stats.preset, stats.model)]
+  # One bar per model and dataset: widen with the bars, slant the labels.
+  fig, ax = plt.subplots(figsize=(max(8, 0.5 * len(stats)), 5))
   colors = ["tab:blue" if m.startswith("EdgeCNN1") else "gray"
             for m in stats.model]
   ax.bar(range(len(stats)), stats["median"], color=colors,
          yerr=[stats["median"] - stats["min"], stats["max"] - stats["median"]],
          capsize=3)
-  ax.set_xticks(range(len(stats)), labels, fontsize=7)
+  ax.set_xticks(range(len(stats)), labels, fontsize=7, rotation=45,
+                ha="right")
+  if stats["median"].min() > 0 and stats["max"].max() > 20 * stats[
+      "median"].min():
+    ax.set_yscale("log")  # a run that went on for hundreds of epochs
   ax.set_ylabel("training time to the stopping rule (s)")
   ax.set_title("Fig. 10: training time, EdgeCNN1 (blue) vs EdgeCNN0 (grey); "
                "median and range over seeds")
