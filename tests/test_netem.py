@@ -51,9 +51,12 @@ def test_proxy_delivers_configured_rate_and_delay():
     times = [netem.timed_transfer(*proxy.address, PAYLOAD)[0] for _ in range(3)]
     got = sorted(times)[1]
     assert got == pytest.approx(EXPECTED, rel=TOLERANCE), times
-    # The delay alone shows on a tiny payload.
-    small = sorted(netem.timed_transfer(*proxy.address, b"y")[0]
-                   for _ in range(3))[1]
+    # The delay alone shows on a tiny payload. The fastest of five: a busy
+    # machine only ever adds scheduling time to a transfer, never removes it
+    # (the median of three read 99 ms for 60 ms with three experiments on
+    # the two cores), and an emulator that is too fast still fails.
+    small = min(netem.timed_transfer(*proxy.address, b"y")[0]
+                for _ in range(5))
     assert small == pytest.approx(2 * LINK.delay_s, abs=0.02)
   finally:
     proxy.stop()
