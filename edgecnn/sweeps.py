@@ -19,10 +19,11 @@ import logging
 import os
 import pathlib
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import keras
 import numpy as np
+import pandas as pd
 
 from edgecnn import cloud_model
 from edgecnn import data as data_lib
@@ -142,6 +143,54 @@ class SweepSpec:
   head_pool: str | None = None
 
 
+def sweep_runs(dataset_name: str, spec: SweepSpec
+               ) -> Iterator[tuple[int, int, int, bool, dict[str, object]]]:
+  """Every run of a sweep in run order: (seed, N, m, pretrained, row key).
+
+  The order is seed, N (as given), m, model; the row key is what
+  ``ResultLog.done`` looks up. EdgeCNN1 above the smallest N trains on
+  ``spec.labels``; everything else on true labels.
+  """
+  n_initial = min(spec.num_images)
+  for seed in spec.seeds:
+    for n in spec.num_images:
+      for m in spec.shared:
+        for pretrained in spec.models:
+          label_source = spec.labels if pretrained and n > n_initial else "true"
+          key: dict[str, object] = {
+              "dataset": dataset_name, "preset": spec.preset,
+              "model": model_label(pretrained, m), "num_shared": m,
+              "pretrained": pretrained, "labels": label_source,
+              "num_images": n, "seed": seed}
+          if spec.head_pool is not None:
+            key["condition"] = f"head_pool={spec.head_pool}"
+          yield seed, n, m, pretrained, key
+
+
+def plan_sweep(dataset_name: str, spec: SweepSpec,
+               log: results.ResultLog) -> pd.DataFrame:
+  """What a sweep would do, without training: one row per run.
+
+  Columns: seed, num_images, model, labels, done (rows already in ``log``)
+  and est_s, the median wall time of the runs in ``log`` with the same
+  dataset, preset, model, N, labels and condition (any seed; NaN where none
+  has run yet), a planning aid for long grids.
+  """
+  rows = log.read()
+  walls = rows[rows["metric"] == "wall_time"]
+  keep = ["dataset", "preset", "model", "num_images", "labels", "condition"]
+  medians = (walls.assign(value=pd.to_numeric(walls["value"]))
+             .groupby(keep)["value"].median().to_dict()) if len(walls) else {}
+  out = []
+  for seed, n, _, _, key in sweep_runs(dataset_name, spec):
+    lookup = tuple(results._norm(key.get(c)) for c in keep)
+    out.append({"seed": seed, "num_images": n, "model": key["model"],
+                "labels": key["labels"], "done": log.done(key),
+                "est_s": medians.get(lookup, float("nan"))})
+  return pd.DataFrame(out, columns=["seed", "num_images", "model", "labels",
+                                    "done", "est_s"])
+
+
 def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
                         spec: SweepSpec, config: train_lib.TrainConfig,
                         log: results.ResultLog, *,
@@ -177,65 +226,59 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
   total = (len(spec.seeds) * len(spec.num_images) * len(spec.shared)
            * len(spec.models))
   start = time.perf_counter()
-  for seed in spec.seeds:
-    initial = data_lib.subset_split(n_all, n_initial, seed=seed)
-    for n in spec.num_images:
+  current = None  # (seed, N) whose split and update-phase labels are held
+  for seed, n, m, pretrained, key in sweep_runs(dataset.info.name, spec):
+    if log.done(key):
+      skipped += 1
+      continue
+    if current != (seed, n):
+      current = (seed, n)
+      initial = data_lib.subset_split(n_all, n_initial, seed=seed)
       split = data_lib.subset_split(n_all, n, seed=seed)
       phase_labels = None
-      for m in spec.shared:
-        for pretrained in spec.models:
-          label_source = spec.labels if pretrained and n > n_initial else "true"
-          key = {"dataset": dataset.info.name, "preset": spec.preset,
-                 "model": model_label(pretrained, m), "num_shared": m,
-                 "pretrained": pretrained, "labels": label_source,
-                 "num_images": n, "seed": seed}
-          if spec.head_pool is not None:
-            key["condition"] = f"head_pool={spec.head_pool}"
-          if log.done(key):
-            skipped += 1
-            continue
-          extra = []
-          train_labels = None
-          if label_source != "true":
-            if phase_labels is None:
-              phase_labels = update_phase_labels(dataset, split, initial,
-                                                 spec.labels, labeler)
-            train_labels, n_up, n_wrong = phase_labels
-            extra = [("uploaded_images", n_up, "images"),
-                     ("wrong_cloud_labels", n_wrong, "images")]
-          keras.backend.clear_session()
-          keras.utils.set_random_seed(seed)
-          edge = models.build_edge_cnn_from_payload(
-              payloads[m], pretrained=pretrained,
-              kernel_initializer=spec.kernel_initializer, seed=seed,
-              head_pool=spec.head_pool)
-          name = f"{model_label(pretrained, m)} N={n} seed={seed}"
-          checkpoint_dir = None
-          if checkpoint_root is not None and n >= checkpoint_min_images:
-            checkpoint_dir = str(pathlib.Path(checkpoint_root) / (
-                f"{dataset.info.name}-{spec.preset}-{model_label(pretrained, m)}"
-                f"-N{n}-seed{seed}-{label_source}"
-                + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
-                + f"-{cloud_hash[:12]}"))
-          logger.info("training %s (%s labels)", name, label_source)
-          result = train_lib.train_and_evaluate(
-              edge, dataset, split, config, seed=seed,
-              train_labels=train_labels, label=name, trunk_cache=trunk_cache,
-              checkpoint_dir=checkpoint_dir,
-              tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
-                  " ", "_")) if tensorboard_dir else None))
-          log.append(key, train_metrics(result) + extra)
-          logger.info("%s: test 10-crop %.4f centre %.4f, %d epochs, %.0f s, %s",
-                      name, result.test_accuracy_10crop,
-                      result.test_accuracy_center, result.epochs,
-                      result.wall_time_s, result.stop_reason)
-          trained += 1
-          left = total - trained - skipped
-          pace = (time.perf_counter() - start) / trained
-          logger.info("sweep: %d of %d runs done (%d of them from earlier "
-                      "runs), %d left, ~%.0f min at this run's mean pace "
-                      "(larger N take longer)", trained + skipped, total,
-                      skipped, left, left * pace / 60)
+    label_source = key["labels"]
+    extra = []
+    train_labels = None
+    if label_source != "true":
+      if phase_labels is None:
+        phase_labels = update_phase_labels(dataset, split, initial,
+                                           spec.labels, labeler)
+      train_labels, n_up, n_wrong = phase_labels
+      extra = [("uploaded_images", n_up, "images"),
+               ("wrong_cloud_labels", n_wrong, "images")]
+    keras.backend.clear_session()
+    keras.utils.set_random_seed(seed)
+    edge = models.build_edge_cnn_from_payload(
+        payloads[m], pretrained=pretrained,
+        kernel_initializer=spec.kernel_initializer, seed=seed,
+        head_pool=spec.head_pool)
+    name = f"{model_label(pretrained, m)} N={n} seed={seed}"
+    checkpoint_dir = None
+    if checkpoint_root is not None and n >= checkpoint_min_images:
+      checkpoint_dir = str(pathlib.Path(checkpoint_root) / (
+          f"{dataset.info.name}-{spec.preset}-{model_label(pretrained, m)}"
+          f"-N{n}-seed{seed}-{label_source}"
+          + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
+          + f"-{cloud_hash[:12]}"))
+    logger.info("training %s (%s labels)", name, label_source)
+    result = train_lib.train_and_evaluate(
+        edge, dataset, split, config, seed=seed,
+        train_labels=train_labels, label=name, trunk_cache=trunk_cache,
+        checkpoint_dir=checkpoint_dir,
+        tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
+            " ", "_")) if tensorboard_dir else None))
+    log.append(key, train_metrics(result) + extra)
+    logger.info("%s: test 10-crop %.4f centre %.4f, %d epochs, %.0f s, %s",
+                name, result.test_accuracy_10crop,
+                result.test_accuracy_center, result.epochs,
+                result.wall_time_s, result.stop_reason)
+    trained += 1
+    left = total - trained - skipped
+    pace = (time.perf_counter() - start) / trained
+    logger.info("sweep: %d of %d runs done (%d of them from earlier "
+                "runs), %d left, ~%.0f min at this run's mean pace "
+                "(larger N take longer)", trained + skipped, total,
+                skipped, left, left * pace / 60)
   return trained
 
 

@@ -15,6 +15,7 @@ import pathlib
 
 from absl import app
 from absl import flags
+import pandas as pd
 
 from experiments import common
 from edgecnn import cloud_model
@@ -56,19 +57,20 @@ CHECKPOINT_MIN_IMAGES = flags.DEFINE_integer(
     "<workdir>/sweep_checkpoints/ and resume from there when the command is "
     "rerun, so a killed long run loses at most one epoch. 0 turns it off.",
     lower_bound=0)
+DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print the sweep's runs, which are already in the CSV "
+    "and an estimate of the time the rest take (the median wall time of the "
+    "same model and N in the CSV, any seed), then exit without loading "
+    "data or training.")
 EXPERIMENT = flags.DEFINE_string(
     "experiment", "edge_accuracy", "Experiment name in the rows and default "
     "CSV name (training_time reuses this binary's library).")
 
 
-def run(experiment: str) -> int:
-  dataset = common.load_dataset()
-  name = dataset.info.name
+def sweep_spec(name: str) -> sweeps.SweepSpec:
   num_images = sweeps.grid(
       [f"paper:{name}" if v == "paper" else v for v in NUM_IMAGES.value])
-  directory = common.cloud_directory(name)
-  cloud = cloud_model.load_cloud(directory)
-  spec = sweeps.SweepSpec(
+  return sweeps.SweepSpec(
       preset=common.PRESET.value, num_images=num_images,
       seeds=tuple(int(s) for s in SEEDS.value),
       shared=tuple(int(m) for m in SHARED.value), labels=LABELS.value,
@@ -76,6 +78,37 @@ def run(experiment: str) -> int:
               "edgecnn0": (False,)}[MODELS.value],
       kernel_initializer=common.INITIALIZER.value,
       head_pool=None if HEAD_POOL.value == "cloud" else HEAD_POOL.value)
+
+
+def print_plan(name: str, experiment: str) -> pd.DataFrame:
+  """--dry_run: the sweep's runs, done or to do, and the time left."""
+  log = common.result_log(experiment)
+  plan = sweeps.plan_sweep(name, sweep_spec(name), log)
+  todo = plan[~plan["done"]]
+  print(f"{log.path}: {len(plan)} runs in this sweep, {int(plan['done'].sum())} "
+        f"already there, {len(todo)} to run.")
+  if len(todo):
+    groups = todo.groupby(["seed", "num_images"], sort=False)
+    shown = groups.agg(
+        runs=("model", lambda m: " ".join(m)),
+        est_min=("est_s", lambda e: round(e.sum(min_count=len(e)) / 60, 1)))
+    print(shown.reset_index().to_string(index=False, na_rep="?"))
+    known = todo["est_s"].dropna()
+    print(f"Estimated {known.sum() / 3600:.1f} h of training for the "
+          f"{len(known)} runs whose model and N have run before (median wall "
+          "time to the stop, any seed; the test passes add seconds to "
+          "minutes per run)"
+          + (f"; {len(todo) - len(known)} runs have no estimate."
+             if len(known) < len(todo) else "."))
+  return plan
+
+
+def run(experiment: str) -> int:
+  dataset = common.load_dataset()
+  name = dataset.info.name
+  directory = common.cloud_directory(name)
+  cloud = cloud_model.load_cloud(directory)
+  spec = sweep_spec(name)
   log = common.result_log(experiment)
   common.save_flags(log, f"{name}-{spec.preset}")
   labeler = sweeps.CloudLabeler(
@@ -94,6 +127,9 @@ def run(experiment: str) -> int:
 def main(argv):
   common.reject_args(argv)
   common.setup_logging()
+  if DRY_RUN.value:
+    print_plan(common.DATASET.value, EXPERIMENT.value)
+    return
   run(EXPERIMENT.value)
 
 

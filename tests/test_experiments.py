@@ -97,6 +97,16 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   proc = run("edge_accuracy", *args, cwd=root)
   assert len(pd.read_csv(csv)) == len(rows)  # all done: nothing retrained
   assert "training EdgeCNN" not in proc.stderr
+  # --dry_run plans a larger grid from the CSV alone: no data, no cloud.
+  plan = run("edge_accuracy", *common, "--num_images=20,40,60", "--seeds=0",
+             "--shared=3", f"--results_csv={csv}", "--dry_run",
+             "--cloud_dir=/nonexistent", "--data_dir=/nonexistent", cwd=root)
+  assert "6 runs in this sweep, 4 already there, 2 to run." in plan.stdout
+  lines = [l.split() for l in plan.stdout.splitlines()]
+  assert ["0", "60", "EdgeCNN1-3", "EdgeCNN0-3", "?"] in lines
+  assert "2 runs have no estimate" in plan.stdout
+  assert "training EdgeCNN" not in plan.stderr
+  assert len(pd.read_csv(csv)) == len(rows)
   # The head ablation is a separate condition: trained, not taken for done.
   run("edge_accuracy", *common, "--num_images=20", "--seeds=0",
       "--shared=3", "--models=edgecnn1", "--head_pool=paper",

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pandas as pd
@@ -63,3 +64,26 @@ def test_old_schema_is_refused_then_migrated(tmp_path):
   log.append(KEY, [("a", 1, "u")])
   frame = pd.read_csv(path, keep_default_na=False)
   assert list(frame.columns) == list(results.COLUMNS) and len(frame) == 2
+
+
+def test_plan_sweep_marks_done_runs_and_estimates_from_other_seeds(tmp_path):
+  from edgecnn import sweeps
+  log = results.ResultLog(tmp_path / "r.csv", {"experiment": "edge_accuracy"})
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40),
+                          seeds=(0, 1, 2), shared=(3,), models=(True,))
+  runs = list(sweeps.sweep_runs("mnist", spec))
+  # Seed, then N, then m, then model; EdgeCNN1 above the smallest N uses
+  # the cloud's labels.
+  assert [(s, n, k["labels"]) for s, n, _, _, k in runs] == [
+      (0, 20, "true"), (0, 40, "cloud"), (1, 20, "true"), (1, 40, "cloud"),
+      (2, 20, "true"), (2, 40, "cloud")]
+  for (seed, n, *_ , key), wall in zip(runs[:3], [10.0, 100.0, 30.0]):
+    log.append(key, [("wall_time", wall, "s"), ("epochs", 5, "epochs")])
+  plan = sweeps.plan_sweep("mnist", spec, log)
+  assert plan["done"].tolist() == [True, True, True, False, False, False]
+  todo = plan[~plan["done"]]
+  # N=20 ran for seeds 0 and 1 (10 s, 30 s): median 20 s; N=40 only seed 0.
+  assert todo["est_s"].tolist() == [100.0, 20.0, 100.0]
+  other = dataclasses.replace(spec, head_pool="paper")
+  ablation = sweeps.plan_sweep("mnist", other, log)
+  assert not ablation["done"].any() and ablation["est_s"].isna().all()
