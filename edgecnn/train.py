@@ -75,6 +75,10 @@ class TrainConfig:
   dead_check_steps: int = 0
   crop_size: int | None = None  # None: the dataset's default crop.
   augment: bool = True
+  # Test the weights of the best validation epoch (True) or of the last one.
+  # The paper does not say; best is our choice (the 30-epoch rule means the
+  # last weights are 30 stale epochs past the best). An ablation flag.
+  restore_best: bool = True
   eval_batch_size: int = 256
 
   def __post_init__(self):
@@ -496,7 +500,7 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     wall += schedule.restored.get("elapsed_s", 0.0)
   if checkpoint_dir:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-  if schedule.best_weights is not None:
+  if config.restore_best and schedule.best_weights is not None:
     model.set_weights(schedule.best_weights)
   test = {"ten_crop": None, "center": None}
   if evaluate_test:

@@ -52,6 +52,11 @@ TIE_BREAK_LOSS = flags.DEFINE_bool(
     "validation loss as an improvement (the named configs' default: tiny "
     "validation sets tie constantly); --notie_break_loss counts accuracy "
     "alone. Overrides the named config.")
+RESTORE_BEST = flags.DEFINE_bool(
+    "restore_best", None, "Test the weights of the epoch with the best "
+    "validation accuracy (the named configs' default; the paper does not "
+    "say which); --norestore_best tests the last epoch's weights (an "
+    "ablation). Overrides the named config.")
 CROP_SIZE = flags.DEFINE_integer(
     "crop_size", None, "Crop side for training and 10-crop testing; default "
     "24 for 28x28 datasets and 28 for CIFAR-10.")
@@ -93,6 +98,8 @@ def train_config() -> train_lib.TrainConfig:
     overrides["augment"] = AUGMENT.value
   if TIE_BREAK_LOSS.value is not None:
     overrides["tie_break_loss"] = TIE_BREAK_LOSS.value
+  if RESTORE_BEST.value is not None:
+    overrides["restore_best"] = RESTORE_BEST.value
   return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 

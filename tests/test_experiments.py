@@ -218,10 +218,12 @@ def test_schedule_flags_override_the_named_config():
     flags.FLAGS.mark_as_parsed()
   assert common.train_config().lr_patience == 10
   assert common.train_config().augment
+  assert common.train_config().restore_best
   with flagsaver.flagsaver(lr_patience=5, max_epochs=7, augment=False,
-                           tie_break_loss=False):
+                           tie_break_loss=False, restore_best=False):
     config = common.train_config()
     assert (config.lr_patience, config.max_epochs, config.augment,
-            config.tie_break_loss) == (5, 7, False, False)
+            config.tie_break_loss, config.restore_best) == (5, 7, False,
+                                                            False, False)
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS.lr_patience = 0

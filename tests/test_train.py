@@ -114,6 +114,7 @@ def test_paper_config_defaults_match_sec_4_3_1():
               32, 0.01, 0.9, 0.1, 30, 1000.0, None)
   assert (c.warmup_steps, c.clipnorm, c.max_restarts) == (0, None, 0)
   assert c.lr_patience == 10  # keras.callbacks.ReduceLROnPlateau's default
+  assert c.restore_best  # the paper does not say; ours (see TrainConfig)
 
 
 def test_train_and_evaluate_learns_fake_data_and_keeps_frozen_layers():
@@ -329,3 +330,34 @@ def test_noaugment_trains_on_centre_crops(monkeypatch):
     train_lib.train_and_evaluate(model, ds, split, config, seed=0,
                                  evaluate_test=False)
     assert calls == expected  # training pipeline, then validation
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch,
+                                                       restore_best):
+  ds = fake_dataset("mnist", n_train=40, n_test=10)
+  split = data_lib.subset_split(40, 40, seed=0)
+  snapshots = []
+  real_epoch_end = train_lib._PaperSchedule._epoch_end
+
+  def scripted(self, epoch, logs=None):
+    # Validation accuracy peaks at epoch 2 and falls after, so the best
+    # epoch is not the last one whatever the fake data do.
+    logs = {**(logs or {}), "val_accuracy": [0.5, 0.9, 0.6, 0.6][epoch]}
+    snapshots.append(self.model.get_weights())
+    return real_epoch_end(self, epoch, logs)
+
+  monkeypatch.setattr(train_lib._PaperSchedule, "_epoch_end", scripted)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  config = train_lib.get_config("paper", max_epochs=4, batch_size=16,
+                                restore_best=restore_best)
+  result = train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                        evaluate_test=False)
+  assert (result.epochs, result.best_epoch, result.best_val_accuracy) == (
+      4, 2, 0.9)
+  expected = snapshots[1] if restore_best else snapshots[-1]
+  other = snapshots[-1] if restore_best else snapshots[1]
+  final = model.get_weights()
+  for a, b in zip(final, expected):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b) for a, b in zip(final, other))
