@@ -63,6 +63,11 @@ def train_metrics(result: train_lib.TrainResult) -> list[tuple[str, object, str]
       ("restarts", result.restarts, "count"),
       ("trained", int(result.trained), "bool"),
   ]
+  for weights, test in (result.epoch_tests or {}).items():
+    rows += [(f"{weights}_epoch_test_accuracy_10crop", test["ten_crop"],
+              "fraction"),
+             (f"{weights}_epoch_test_accuracy_center", test["center"],
+              "fraction")]
   return [r for r in rows if r[1] is not None]
 
 

@@ -79,6 +79,9 @@ class TrainConfig:
   # The paper does not say; best is our choice (the 30-epoch rule means the
   # last weights are 30 stale epochs past the best). An ablation flag.
   restore_best: bool = True
+  # Also test the weights restore_best did not choose, reported beside the
+  # tested ones (TrainResult.epoch_tests): one more test pass per run.
+  test_both_weights: bool = False
   eval_batch_size: int = 256
 
   def __post_init__(self):
@@ -131,6 +134,10 @@ class TrainResult:
   restarts: int
   trained: bool
   history: list[dict] = dataclasses.field(default_factory=list)
+  # With TrainConfig.test_both_weights: {"best": {"ten_crop": .., "center":
+  # ..}, "last": {...}}, the best validation epoch's weights and the last
+  # epoch's, each tested; the test_accuracy_* fields are one of them.
+  epoch_tests: dict[str, dict[str, float]] | None = None
 
 
 class _PaperSchedule(keras.callbacks.Callback):
@@ -496,18 +503,37 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
       continue
     break
   wall = time.perf_counter() - start
+  both = evaluate_test and config.test_both_weights
+  last_weights = model.get_weights() if both else None
   if schedule.restored:
     wall += schedule.restored.get("elapsed_s", 0.0)
   if checkpoint_dir:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-  if config.restore_best and schedule.best_weights is not None:
-    model.set_weights(schedule.best_weights)
-  test = {"ten_crop": None, "center": None}
-  if evaluate_test:
-    test = eval_lib.evaluate(model, dataset.x_test, dataset.y_test,
+
+  def test_pass():
+    return eval_lib.evaluate(model, dataset.x_test, dataset.y_test,
                              crop_size=crop, flip=info.flip,
                              batch_size=config.eval_batch_size,
                              cache=trunk_cache)
+
+  epoch_tests = None
+  if both:
+    epoch_tests = {"last": test_pass()}  # the model holds the last weights
+    if schedule.best_weights is not None:
+      model.set_weights(schedule.best_weights)
+      epoch_tests["best"] = test_pass()
+    else:
+      epoch_tests["best"] = epoch_tests["last"]
+  # The model keeps the weights its test_accuracy_* are of.
+  if config.restore_best and schedule.best_weights is not None:
+    model.set_weights(schedule.best_weights)
+  elif last_weights is not None:
+    model.set_weights(last_weights)
+  test = {"ten_crop": None, "center": None}
+  if epoch_tests is not None:
+    test = epoch_tests["best" if config.restore_best else "last"]
+  elif evaluate_test:
+    test = test_pass()
   trainable, frozen = models.count_params(model)
   best_val = schedule.best[0] if schedule.best_weights is not None else 0.0
   chance = 1.0 / info.num_classes
@@ -520,4 +546,4 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
       trainable_params=trainable, frozen_params=frozen,
       stop_reason=schedule.stop_reason, restarts=restarts,
       trained=_left_chance(best_val, test, chance) and not schedule.dead,
-      history=schedule.history)
+      history=schedule.history, epoch_tests=epoch_tests)

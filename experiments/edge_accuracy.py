@@ -11,6 +11,7 @@ put the most informative first.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 from absl import app
@@ -57,6 +58,12 @@ CHECKPOINT_MIN_IMAGES = flags.DEFINE_integer(
     "<workdir>/sweep_checkpoints/ and resume from there when the command is "
     "rerun, so a killed long run loses at most one epoch. 0 turns it off.",
     lower_bound=0)
+TEST_BOTH_WEIGHTS = flags.DEFINE_bool(
+    "test_both_weights", True, "Test both the best validation epoch's "
+    "weights and the last epoch's, as rows best_epoch_test_accuracy_* and "
+    "last_epoch_test_accuracy_*, beside test_accuracy_* (the weights "
+    "--restore_best picks). One more test pass per run; the training is "
+    "the same.")
 DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the sweep's runs, which are already in the CSV "
     "and an estimate of the time the rest take (the median wall time of the "
@@ -114,8 +121,10 @@ def run(experiment: str) -> int:
   labeler = sweeps.CloudLabeler(
       cloud, dataset, mode=CLOUD_LABEL_MODE.value,
       cache=directory / f"train_labels_{CLOUD_LABEL_MODE.value}.npz")
+  config = dataclasses.replace(common.train_config(),
+                               test_both_weights=TEST_BOTH_WEIGHTS.value)
   return sweeps.edge_accuracy_sweep(
-      dataset, cloud, spec, common.train_config(), log, labeler=labeler,
+      dataset, cloud, spec, config, log, labeler=labeler,
       tensorboard_dir=common.TENSORBOARD_DIR.value,
       trunk_cache=(eval_lib.TrunkCache(int(TRUNK_CACHE_GB.value * 2**30))
                    if TRUNK_CACHE_GB.value != 0 else None),

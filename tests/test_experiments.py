@@ -88,6 +88,12 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert sorted(zip(acc.model, acc.num_images, acc.labels)) == [
       ("EdgeCNN0-3", 20, "true"), ("EdgeCNN0-3", 40, "true"),
       ("EdgeCNN1-3", 20, "true"), ("EdgeCNN1-3", 40, "cloud")]
+  # Both weights tested; the default (best epoch's) is test_accuracy_*.
+  best = rows[rows.metric == "best_epoch_test_accuracy_10crop"]
+  last = rows[rows.metric == "last_epoch_test_accuracy_10crop"]
+  assert len(best) == len(last) == 4
+  assert best.value.tolist() == acc.value.tolist()
+  assert last.value.between(0, 1).all()
   wrong = rows[rows.metric == "wrong_cloud_labels"]
   uploaded = rows[rows.metric == "uploaded_images"]
   assert uploaded.value.tolist() == [20]

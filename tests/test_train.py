@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from edgecnn import data as data_lib
+from edgecnn import evaluate as eval_lib
 from edgecnn import models
 from edgecnn import train as train_lib
 from tests.conftest import fake_dataset
@@ -361,3 +362,19 @@ def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch,
   for a, b in zip(final, expected):
     np.testing.assert_array_equal(a, b)
   assert any(not np.array_equal(a, b) for a, b in zip(final, other))
+  # Testing both weights measures each; the model keeps the tested ones.
+  config = dataclasses.replace(config, test_both_weights=True)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  snapshots.clear()
+  both = train_lib.train_and_evaluate(model, ds, split, config, seed=0)
+  for a, b in zip(model.get_weights(), snapshots[1 if restore_best else -1]):
+    np.testing.assert_array_equal(a, b)
+  assert set(both.epoch_tests) == {"best", "last"}
+  tested = both.epoch_tests["best" if restore_best else "last"]
+  assert (both.test_accuracy_10crop, both.test_accuracy_center) == (
+      tested["ten_crop"], tested["center"])
+  for weights, index in (("best", 1), ("last", -1)):
+    model.set_weights(snapshots[index])
+    alone = eval_lib.evaluate(model, ds.x_test, ds.y_test, crop_size=24,
+                              flip=False, batch_size=config.eval_batch_size)
+    assert both.epoch_tests[weights] == alone
