@@ -76,8 +76,8 @@ class TrainConfig:
   crop_size: int | None = None  # None: the dataset's default crop.
   augment: bool = True
   # Test the weights of the best validation epoch (True) or of the last one.
-  # The paper does not say; best is our choice (the 30-epoch rule means the
-  # last weights are 30 stale epochs past the best). An ablation flag.
+  # The paper does not say. Best has been the default since session 1; on
+  # small N the last weights test higher (results/REPRODUCTION.md, sec. 2).
   restore_best: bool = True
   # Also test the weights restore_best did not choose, reported beside the
   # tested ones (TrainResult.epoch_tests): one more test pass per run.
