@@ -87,19 +87,13 @@ def setup_logging() -> None:
 
 
 def train_config() -> train_lib.TrainConfig:
-  overrides = {}
-  if MAX_EPOCHS.value is not None:
-    overrides["max_epochs"] = MAX_EPOCHS.value
-  if CROP_SIZE.value is not None:
-    overrides["crop_size"] = CROP_SIZE.value
-  if LR_PATIENCE.value is not None:
-    overrides["lr_patience"] = LR_PATIENCE.value
-  if AUGMENT.value is not None:
-    overrides["augment"] = AUGMENT.value
-  if TIE_BREAK_LOSS.value is not None:
-    overrides["tie_break_loss"] = TIE_BREAK_LOSS.value
-  if RESTORE_BEST.value is not None:
-    overrides["restore_best"] = RESTORE_BEST.value
+  """The named config with every schedule flag that was set applied."""
+  flag_of_field = {"max_epochs": MAX_EPOCHS, "crop_size": CROP_SIZE,
+                   "lr_patience": LR_PATIENCE, "augment": AUGMENT,
+                   "tie_break_loss": TIE_BREAK_LOSS,
+                   "restore_best": RESTORE_BEST}
+  overrides = {field: flag.value for field, flag in flag_of_field.items()
+               if flag.value is not None}
   return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 
