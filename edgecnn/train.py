@@ -516,24 +516,23 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
                              batch_size=config.eval_batch_size,
                              cache=trunk_cache)
 
+  # The model is left with the weights its test_accuracy_* are of.
   epoch_tests = None
+  test = {"ten_crop": None, "center": None}
   if both:
     epoch_tests = {"last": test_pass()}  # the model holds the last weights
+    epoch_tests["best"] = epoch_tests["last"]
     if schedule.best_weights is not None:
       model.set_weights(schedule.best_weights)
       epoch_tests["best"] = test_pass()
-    else:
-      epoch_tests["best"] = epoch_tests["last"]
-  # The model keeps the weights its test_accuracy_* are of.
-  if config.restore_best and schedule.best_weights is not None:
-    model.set_weights(schedule.best_weights)
-  elif last_weights is not None:
-    model.set_weights(last_weights)
-  test = {"ten_crop": None, "center": None}
-  if epoch_tests is not None:
+      if not config.restore_best:
+        model.set_weights(last_weights)
     test = epoch_tests["best" if config.restore_best else "last"]
-  elif evaluate_test:
-    test = test_pass()
+  else:
+    if config.restore_best and schedule.best_weights is not None:
+      model.set_weights(schedule.best_weights)
+    if evaluate_test:
+      test = test_pass()
   trainable, frozen = models.count_params(model)
   best_val = schedule.best[0] if schedule.best_weights is not None else 0.0
   chance = 1.0 / info.num_classes
