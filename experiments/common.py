@@ -53,10 +53,10 @@ TIE_BREAK_LOSS = flags.DEFINE_bool(
     "validation sets tie constantly); --notie_break_loss counts accuracy "
     "alone. Overrides the named config.")
 RESTORE_BEST = flags.DEFINE_bool(
-    "restore_best", None, "Test the weights of the epoch with the best "
-    "validation accuracy (the named configs' default; the paper does not "
-    "say which); --norestore_best tests the last epoch's weights (an "
-    "ablation). Overrides the named config.")
+    "restore_best", None, "Test and keep the weights of the epoch with the "
+    "best validation accuracy; --norestore_best (the named configs' default "
+    "since session 7: the paper's stop rule keeps the last model) tests the "
+    "last epoch's. Overrides the named config.")
 CROP_SIZE = flags.DEFINE_integer(
     "crop_size", None, "Crop side for training and 10-crop testing; default "
     "24 for 28x28 datasets and 28 for CIFAR-10.")

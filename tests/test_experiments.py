@@ -88,12 +88,12 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert sorted(zip(acc.model, acc.num_images, acc.labels)) == [
       ("EdgeCNN0-3", 20, "true"), ("EdgeCNN0-3", 40, "true"),
       ("EdgeCNN1-3", 20, "true"), ("EdgeCNN1-3", 40, "cloud")]
-  # Both weights tested; the default (best epoch's) is test_accuracy_*.
+  # Both weights tested; the default (last epoch's) is test_accuracy_*.
   best = rows[rows.metric == "best_epoch_test_accuracy_10crop"]
   last = rows[rows.metric == "last_epoch_test_accuracy_10crop"]
   assert len(best) == len(last) == 4
-  assert best.value.tolist() == acc.value.tolist()
-  assert last.value.between(0, 1).all()
+  assert last.value.tolist() == acc.value.tolist()
+  assert best.value.between(0, 1).all()
   wrong = rows[rows.metric == "wrong_cloud_labels"]
   uploaded = rows[rows.metric == "uploaded_images"]
   assert uploaded.value.tolist() == [20]
@@ -224,12 +224,12 @@ def test_schedule_flags_override_the_named_config():
     flags.FLAGS.mark_as_parsed()
   assert common.train_config().lr_patience == 10
   assert common.train_config().augment
-  assert common.train_config().restore_best
+  assert not common.train_config().restore_best
   with flagsaver.flagsaver(lr_patience=5, max_epochs=7, augment=False,
-                           tie_break_loss=False, restore_best=False):
+                           tie_break_loss=False, restore_best=True):
     config = common.train_config()
     assert (config.lr_patience, config.max_epochs, config.augment,
             config.tie_break_loss, config.restore_best) == (5, 7, False,
-                                                            False, False)
+                                                            False, True)
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS.lr_patience = 0

@@ -115,7 +115,7 @@ def test_paper_config_defaults_match_sec_4_3_1():
               32, 0.01, 0.9, 0.1, 30, 1000.0, None)
   assert (c.warmup_steps, c.clipnorm, c.max_restarts) == (0, None, 0)
   assert c.lr_patience == 10  # keras.callbacks.ReduceLROnPlateau's default
-  assert c.restore_best  # the paper does not say; ours (see TrainConfig)
+  assert not c.restore_best  # the stop rule keeps the last model
 
 
 def test_train_and_evaluate_learns_fake_data_and_keeps_frozen_layers():
