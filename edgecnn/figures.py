@@ -304,6 +304,69 @@ def accuracy_table(results_dir, dataset: str, *, preset: str = "compact",
                             "one seed); [paper].\n"
 
 
+def weights_table(results_dir, dataset: str, *, preset: str = "compact",
+                  name: str = "edge_accuracy",
+                  crop: str = "10crop") -> str:
+  """The best validation epoch's weights against the last epoch's, as Markdown.
+
+  Runs with ``test_both_weights`` test both from one training (rows
+  ``best_epoch_test_accuracy_*`` and ``last_epoch_test_accuracy_*``); per
+  model and N: each mean±std over seeds, the difference last - best paired
+  per run, and in how many runs the last weights tested higher. Ablation
+  rows (a condition) are left out, as in the accuracy tables.
+
+  Args:
+    results_dir: directory of the result CSVs.
+    dataset: mnist, fashion_mnist or cifar10.
+    preset: whose rows (compact or paper).
+    name: the CSV's stem.
+    crop: ``10crop`` or ``center``.
+  """
+  if crop not in ("10crop", "center"):
+    raise ValueError(f"`crop` must be '10crop' or 'center'. Received: {crop!r}")
+  edge = load(results_dir, name)
+  metrics = {w: f"{w}_epoch_test_accuracy_{crop}" for w in ("best", "last")}
+  if edge is None:
+    return "No runs tested both weights yet.\n"
+  rows = _plain(edge[edge.dataset == dataset], preset)
+  run = ["model", "num_images", "seed", "labels"]
+  best = rows[rows.metric == metrics["best"]].groupby(run)["value"].mean()
+  last = rows[rows.metric == metrics["last"]].groupby(run)["value"].mean()
+  both = best.index.intersection(last.index)
+  if both.empty:
+    return "No runs tested both weights yet.\n"
+  pairs = pd.DataFrame({"best": best[both], "last": last[both]}).reset_index()
+  pairs["diff"] = pairs["last"] - pairs["best"]
+  paper = paper_values()
+  paper = paper[(paper.dataset == dataset) &
+                (paper.metric == "test_accuracy_10crop")]
+
+  def stat(values, sign=""):
+    spread = f"±{100 * values.std():.2f}" if len(values) > 1 else ""
+    return f"{100 * values.mean():{sign}.2f}{spread}"
+
+  lines = ["| model | N | best epoch's weights | last epoch's weights | "
+           "last - best, paired | last higher | paper |",
+           "|---|---|---|---|---|---|---|"]
+  for (model, n), group in sorted(
+      pairs.groupby(["model", "num_images"]),
+      key=lambda item: (_model_order(item[0][0]), int(item[0][1]))):
+    theirs = paper[(paper.model == model) &
+                   (paper.num_images.astype(str) == str(int(n)))]
+    theirs = ("–" if theirs.empty
+              else f"{100 * float(theirs.value.iloc[0]):.2f}")
+    lines.append(
+        f"| {model} | {int(n)} | {stat(group.best)} | {stat(group['last'])} "
+        f"| {stat(group['diff'], '+')} (n={len(group)}) | "
+        f"{int((group['diff'] > 0).sum())} of {len(group)} | {theirs} |")
+  higher = int((pairs["diff"] > 0).sum())
+  lower = int((pairs["diff"] < 0).sum())
+  return ("\n".join(lines) + f"\n\nOver all {len(pairs)} runs: the last "
+          f"epoch's weights tested higher in {higher}, lower in {lower}; "
+          f"median difference {100 * pairs['diff'].median():+.2f} points "
+          f"({crop}; mean±std over seeds).\n")
+
+
 def _empty(fig, ax, message, path):
   ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
   ax.set_axis_off()
@@ -342,16 +405,23 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
   tables = out_dir / "tables.md"
   edge = load(results_dir, "edge_accuracy")
   others = sorted(set(edge.preset) - {"compact"}) if edge is not None else []
-  tables.write_text(
-      "## Headline numbers (the paper's text) beside ours\n\n"
-      + headline_table(results_dir) + "\n" + "".join(
-      f"## {DATASET_TITLES[d]}: top-1 test accuracy (%), 10-crop"
-      f"{'' if p == 'compact' else f', {p} preset'}\n\n"
-      f"{accuracy_table(results_dir, d, preset=p)}\n"
-      for p in ["compact", *others] for d in ("mnist", "fashion_mnist",
-                                                "cifar10")
+  datasets = ("mnist", "fashion_mnist", "cifar10")
+  sections = ["## Headline numbers (the paper's text) beside ours\n\n"
+              + headline_table(results_dir)]
+  for p in ["compact", *others]:
+    for d in datasets:
       if p == "compact" or not edge[(edge.preset == p)
-                                    & (edge.dataset == d)].empty))
+                                    & (edge.dataset == d)].empty:
+        sections.append(
+            f"## {DATASET_TITLES[d]}: top-1 test accuracy (%), 10-crop"
+            f"{'' if p == 'compact' else f', {p} preset'}\n\n"
+            + accuracy_table(results_dir, d, preset=p))
+  for d in datasets:
+    sections.append(
+        f"## {DATASET_TITLES[d]}: the best validation epoch's weights "
+        f"against the last epoch's (%), 10-crop\n\n"
+        + weights_table(results_dir, d))
+  tables.write_text("\n".join(sections))
   written.append(tables)
   return written
 

@@ -208,3 +208,34 @@ def test_headline_table_pairs_seeds_and_skips_ablations(tmp_path):
   table = figures.headline_table(tmp_path)
   # Seed 2 has no plain EdgeCNN0-3 row: left out, not paired with the ablation.
   assert "| +15.00 ± 7.07 points (n=2) |" in table
+
+
+def test_weights_table_pairs_best_and_last_per_run(tmp_path):
+  log = results.ResultLog(tmp_path / "edge_accuracy.csv",
+                          {"experiment": "edge_accuracy", "device": "CPU",
+                           "threads": 2, "commit": "abc"})
+  key = {"dataset": "fashion_mnist", "preset": "compact", "model": "EdgeCNN1-3",
+         "num_shared": 3, "pretrained": True, "labels": "cloud",
+         "num_images": 360}
+  for seed, best, last in ((0, 0.70, 0.75), (1, 0.80, 0.79)):
+    log.append({**key, "seed": seed},
+               [("best_epoch_test_accuracy_10crop", best, "fraction"),
+                ("last_epoch_test_accuracy_10crop", last, "fraction")])
+  # Seed 2 tested one weights only; an ablation's row is left out.
+  log.append({**key, "seed": 2}, [("test_accuracy_10crop", 0.9, "fraction")])
+  log.append({**key, "seed": 0, "condition": "labels=oracle"},
+             [("best_epoch_test_accuracy_10crop", 0.1, "fraction"),
+              ("last_epoch_test_accuracy_10crop", 0.9, "fraction")])
+  table = figures.weights_table(tmp_path, "fashion_mnist")
+  # last - best: +5 and -1 points -> +2.00 +- 4.24; paper 82.04.
+  assert ("| EdgeCNN1-3 | 360 | 75.00±7.07 | 77.00±2.83 | +2.00±4.24 (n=2) "
+          "| 1 of 2 | 82.04 |") in table
+  assert "Over all 2 runs: the last epoch's weights tested higher in 1, " \
+         "lower in 1" in table
+  assert figures.weights_table(tmp_path, "mnist") == \
+      "No runs tested both weights yet.\n"
+  with pytest.raises(ValueError, match="Received: 'centre'"):
+    figures.weights_table(tmp_path, "fashion_mnist", crop="centre")
+  tables = figures.render_all(tmp_path, tmp_path / "fig")[-1].read_text()
+  assert "## Fashion-MNIST: the best validation epoch's weights" in tables
+  assert "+2.00±4.24 (n=2)" in tables
