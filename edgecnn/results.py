@@ -43,11 +43,10 @@ def git_commit(path: str | os.PathLike = ".") -> str:
     return "unknown"
 
 
-def _norm(value: Any) -> str:
+def key_text(value: Any) -> str:
+  """A key column's value as the CSV holds it (None and NaN: empty)."""
   if value is None or (isinstance(value, float) and value != value):
     return ""
-  if isinstance(value, bool):
-    return str(value)
   return str(value)
 
 
@@ -90,7 +89,7 @@ class ResultLog:
   def done(self, key: Mapping[str, Any]) -> bool:
     """Whether rows with these key columns are already in the file."""
     full = {**self.common, **key}
-    return tuple(_norm(full.get(c)) for c in KEY_COLUMNS) in self._keys()
+    return tuple(key_text(full.get(c)) for c in KEY_COLUMNS) in self._keys()
 
   def append(self, key: Mapping[str, Any],
              metrics: Iterable[tuple[str, Any, str]]) -> pd.DataFrame:
@@ -112,7 +111,7 @@ class ResultLog:
       os.fsync(fd)
     finally:
       os.close(fd)
-    self._keys().add(tuple(_norm({**self.common, **key}.get(c))
+    self._keys().add(tuple(key_text({**self.common, **key}.get(c))
                            for c in KEY_COLUMNS))
     return frame
 

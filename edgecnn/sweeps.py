@@ -188,7 +188,7 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
              .groupby(keep)["value"].median().to_dict()) if len(walls) else {}
   out = []
   for seed, n, _, _, key in sweep_runs(dataset_name, spec):
-    lookup = tuple(results._norm(key.get(c)) for c in keep)
+    lookup = tuple(results.key_text(key.get(c)) for c in keep)
     out.append({"seed": seed, "num_images": n, "model": key["model"],
                 "labels": key["labels"], "done": log.done(key),
                 "est_s": medians.get(lookup, float("nan"))})
