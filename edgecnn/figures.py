@@ -367,6 +367,67 @@ def weights_table(results_dir, dataset: str, *, preset: str = "compact",
           f"({crop}; mean±std over seeds).\n")
 
 
+def ablation_table(results_dir, name: str, dataset: str, *,
+                   base: str = "edge_accuracy", preset: str = "compact",
+                   metric: str = "test_accuracy_10crop") -> str:
+  """An ablation CSV's runs against the same runs of a base CSV, as Markdown.
+
+  Runs pair on dataset, preset, model, N and seed (the same images and
+  initialisation), whatever their labels or condition: the ablation's rows
+  are all of its file, the base's those without a condition. Per model and N:
+  each mean±std over the paired seeds, the paired difference ablation - base
+  with every seed's value, and the paper's number.
+
+  Args:
+    results_dir: directory of the result CSVs.
+    name: the ablation CSV's stem, e.g. ``ablation_oracle``.
+    dataset: mnist, fashion_mnist or cifar10.
+    base: the CSV the ablation is compared with.
+    preset: whose rows (compact or paper).
+    metric: the accuracy compared.
+  """
+  frames = {}
+  for stem in (base, name):
+    frame = load(results_dir, stem)
+    if frame is None:
+      raise FileNotFoundError(
+          f"No {stem}.csv in {results_dir}; ablation_table compares two "
+          "result CSVs of the same runs.")
+    rows = frame[(frame.dataset == dataset) & (frame.metric == metric)]
+    rows = _plain(rows, preset) if stem == base else rows[
+        rows.preset == preset]
+    frames[stem] = rows.groupby(["model", "num_images", "seed"])[
+        "value"].mean()
+  both = frames[base].index.intersection(frames[name].index)
+  if both.empty:
+    return f"No run of {name}.csv is in {base}.csv.\n"
+  pairs = pd.DataFrame({"base": frames[base][both],
+                        "ablation": frames[name][both]}).reset_index()
+  pairs["diff"] = pairs["ablation"] - pairs["base"]
+  paper = paper_values()
+  paper = paper[(paper.dataset == dataset) &
+                (paper.metric == "test_accuracy_10crop")]
+
+  def stat(values, sign=""):
+    spread = f"±{100 * values.std():.2f}" if len(values) > 1 else ""
+    return f"{100 * values.mean():{sign}.2f}{spread}"
+
+  lines = [f"| model | N | {base} | {name} | {name} - {base}, paired | "
+           "paper |", "|---|---|---|---|---|---|"]
+  for (model, n), group in sorted(
+      pairs.groupby(["model", "num_images"]),
+      key=lambda item: (_model_order(item[0][0]), int(item[0][1]))):
+    theirs = paper[(paper.model == model) &
+                   (paper.num_images.astype(str) == str(int(n)))]
+    theirs = ("–" if theirs.empty
+              else f"{100 * float(theirs.value.iloc[0]):.2f}")
+    seeds = ", ".join(f"{100 * d:+.2f}" for d in group["diff"])
+    lines.append(f"| {model} | {int(n)} | {stat(group.base)} | "
+                 f"{stat(group.ablation)} | {stat(group['diff'], '+')} "
+                 f"(n={len(group)}; {seeds}) | {theirs} |")
+  return "\n".join(lines) + f"\n\n{metric}, mean±std over seeds.\n"
+
+
 def _empty(fig, ax, message, path):
   ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
   ax.set_axis_off()

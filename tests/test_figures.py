@@ -239,3 +239,28 @@ def test_weights_table_pairs_best_and_last_per_run(tmp_path):
   tables = figures.render_all(tmp_path, tmp_path / "fig")[-1].read_text()
   assert "## Fashion-MNIST: the best validation epoch's weights" in tables
   assert "+2.00±4.24 (n=2)" in tables
+
+
+def test_ablation_table_pairs_runs_across_two_csvs(tmp_path):
+  common = {"experiment": "edge_accuracy", "device": "CPU", "threads": 2,
+            "commit": "abc"}
+  base = results.ResultLog(tmp_path / "edge_accuracy.csv", common)
+  ablation = results.ResultLog(tmp_path / "ablation_oracle.csv", common)
+  key = {"dataset": "fashion_mnist", "preset": "compact", "model": "EdgeCNN1-3",
+         "num_shared": 3, "pretrained": True, "num_images": 360}
+  for seed, cloud, oracle in ((0, 0.80, 0.82), (1, 0.70, 0.69), (2, 0.5, None)):
+    base.append({**key, "labels": "cloud", "seed": seed},
+                [("test_accuracy_10crop", cloud, "fraction")])
+    if oracle is not None:  # seed 2 has no pair: left out
+      ablation.append({**key, "labels": "oracle", "seed": seed},
+                      [("test_accuracy_10crop", oracle, "fraction")])
+  # The base's ablation rows never stand in for its plain ones.
+  base.append({**key, "labels": "cloud", "seed": 1, "condition": "x=1"},
+              [("test_accuracy_10crop", 0.1, "fraction")])
+  table = figures.ablation_table(tmp_path, "ablation_oracle", "fashion_mnist")
+  assert ("| EdgeCNN1-3 | 360 | 75.00±7.07 | 75.50±9.19 | +0.50±2.12 "
+          "(n=2; +2.00, -1.00) | 82.04 |") in table
+  assert figures.ablation_table(tmp_path, "ablation_oracle", "mnist") == \
+      "No run of ablation_oracle.csv is in edge_accuracy.csv.\n"
+  with pytest.raises(FileNotFoundError, match="No ablation_head.csv in"):
+    figures.ablation_table(tmp_path, "ablation_head", "fashion_mnist")
