@@ -3,8 +3,7 @@
 The ``paper`` configuration is what Sec. 4.3.1 states: mini-batch SGD with
 batch 32 and momentum 0.9; learning rate 0.01, divided by 10 when validation
 accuracy stops improving; stop when the validation error has not dropped for
-30 epochs or the learning rate has been cut by more than 1,000x in total;
-the best weights (by validation accuracy) are restored.
+30 epochs or the learning rate has been cut by more than 1,000x in total.
 
 Where the paper is silent we chose, and each choice is a field:
   * ``lr_patience=10``: epochs without improvement before a cut, the default
@@ -20,6 +19,12 @@ Where the paper is silent we chose, and each choice is a field:
     a lower validation loss (``tie_break_loss``): validation sets of 12
     images tie constantly, and ties would otherwise cut the rate too early.
   * ``max_epochs=None``: the paper has no epoch cap.
+  * ``restore_best=False``: the model is tested as it stands when training
+    stops, the last epoch's weights; the paper does not say it goes back to
+    the best epoch's. (Until session 7 the best validation epoch's weights
+    were restored; on 12-120 validation images that picks an epoch by noise,
+    and the last weights tested higher in 48 of 50 paired Fashion-MNIST
+    runs; results/REPRODUCTION.md, section 2.)
   * Additions for the fragile deep stacks (FINDINGS 1-2), all off in
     ``paper``: a linear learning-rate warm-up (``warmup_steps``), gradient
     clipping (``clipnorm``) and restarts of a dead run (``max_restarts``:
@@ -75,14 +80,9 @@ class TrainConfig:
   dead_check_steps: int = 0
   crop_size: int | None = None  # None: the dataset's default crop.
   augment: bool = True
-  # Test (and keep) the weights of the last epoch (False) or of the best
-  # validation epoch (True). The paper says only that training stops after 30
-  # epochs without improvement, which keeps the last model, as Keras'
-  # EarlyStopping does by default (restore_best_weights=False). Measured on
-  # Fashion-MNIST in session 6: the last weights tested higher in 48 of 50
-  # paired runs, because a 12-120 image validation set picks its best epoch
-  # by noise
-  # (results/REPRODUCTION.md, sec. 2). True was the default until session 7.
+  # Test (and keep) the last epoch's weights (False), as Keras'
+  # EarlyStopping does by default, or the best validation epoch's (True).
+  # See the module docstring.
   restore_best: bool = False
   # Also test the weights restore_best did not choose, reported beside the
   # tested ones (TrainResult.epoch_tests): one more test pass per run.
