@@ -77,9 +77,7 @@ def plot_accuracy(results_dir, dataset: str, path=None, *,
   seeds; our rows of one preset."""
   plt = _plt()
   edge = load(results_dir, "edge_accuracy")
-  paper = paper_values()
-  paper = paper[(paper.dataset == dataset) &
-                (paper.metric == "test_accuracy_10crop")]
+  paper = _paper_accuracy(dataset)
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
   summary = (accuracy_summary(edge, dataset, preset=preset)
              if edge is not None else None)
@@ -304,6 +302,32 @@ def accuracy_table(results_dir, dataset: str, *, preset: str = "compact",
                             "one seed); [paper].\n"
 
 
+def _mean_std(values: pd.Series, sign: str = "") -> str:
+  """Percent mean, with ±std when there is more than one value."""
+  spread = f"±{100 * values.std():.2f}" if len(values) > 1 else ""
+  return f"{100 * values.mean():{sign}.2f}{spread}"
+
+
+def _paper_accuracy(dataset: str) -> pd.DataFrame:
+  paper = paper_values()
+  return paper[(paper.dataset == dataset) &
+               (paper.metric == "test_accuracy_10crop")]
+
+
+def _by_model_and_n(pairs: pd.DataFrame):
+  """(model, N, rows) in table order: EdgeCNN1-3, EdgeCNN0-3, ..., by N."""
+  groups = pairs.groupby(["model", "num_images"])
+  for (model, n), group in sorted(groups, key=lambda item: (
+      _model_order(item[0][0]), int(item[0][1]))):
+    yield model, int(n), group
+
+
+def _paper_cell(paper: pd.DataFrame, model: str, n: int) -> str:
+  row = paper[(paper.model == model) &
+              (paper.num_images.astype(str) == str(n))]
+  return "–" if row.empty else f"{100 * float(row.value.iloc[0]):.2f}"
+
+
 def weights_table(results_dir, dataset: str, *, preset: str = "compact",
                   name: str = "edge_accuracy",
                   crop: str = "10crop") -> str:
@@ -337,28 +361,18 @@ def weights_table(results_dir, dataset: str, *, preset: str = "compact",
     return "No runs tested both weights yet.\n"
   pairs = pd.DataFrame({"best": best[both], "last": last[both]}).reset_index()
   pairs["diff"] = pairs["last"] - pairs["best"]
-  paper = paper_values()
-  paper = paper[(paper.dataset == dataset) &
-                (paper.metric == "test_accuracy_10crop")]
-
-  def stat(values, sign=""):
-    spread = f"±{100 * values.std():.2f}" if len(values) > 1 else ""
-    return f"{100 * values.mean():{sign}.2f}{spread}"
+  paper = _paper_accuracy(dataset)
 
   lines = ["| model | N | best epoch's weights | last epoch's weights | "
            "last - best, paired | last higher | paper |",
            "|---|---|---|---|---|---|---|"]
-  for (model, n), group in sorted(
-      pairs.groupby(["model", "num_images"]),
-      key=lambda item: (_model_order(item[0][0]), int(item[0][1]))):
-    theirs = paper[(paper.model == model) &
-                   (paper.num_images.astype(str) == str(int(n)))]
-    theirs = ("–" if theirs.empty
-              else f"{100 * float(theirs.value.iloc[0]):.2f}")
+  for model, n, group in _by_model_and_n(pairs):
+    theirs = _paper_cell(paper, model, n)
     lines.append(
-        f"| {model} | {int(n)} | {stat(group.best)} | {stat(group['last'])} "
-        f"| {stat(group['diff'], '+')} (n={len(group)}) | "
-        f"{int((group['diff'] > 0).sum())} of {len(group)} | {theirs} |")
+        f"| {model} | {n} | {_mean_std(group.best)} | "
+        f"{_mean_std(group['last'])} | {_mean_std(group['diff'], '+')} "
+        f"(n={len(group)}) | {int((group['diff'] > 0).sum())} of "
+        f"{len(group)} | {theirs} |")
   higher = int((pairs["diff"] > 0).sum())
   lower = int((pairs["diff"] < 0).sum())
   return ("\n".join(lines) + f"\n\nOver all {len(pairs)} runs: the last "
@@ -404,27 +418,17 @@ def ablation_table(results_dir, name: str, dataset: str, *,
   pairs = pd.DataFrame({"base": frames[base][both],
                         "ablation": frames[name][both]}).reset_index()
   pairs["diff"] = pairs["ablation"] - pairs["base"]
-  paper = paper_values()
-  paper = paper[(paper.dataset == dataset) &
-                (paper.metric == "test_accuracy_10crop")]
-
-  def stat(values, sign=""):
-    spread = f"±{100 * values.std():.2f}" if len(values) > 1 else ""
-    return f"{100 * values.mean():{sign}.2f}{spread}"
+  paper = _paper_accuracy(dataset)
 
   lines = [f"| model | N | {base} | {name} | {name} - {base}, paired | "
            "paper |", "|---|---|---|---|---|---|"]
-  for (model, n), group in sorted(
-      pairs.groupby(["model", "num_images"]),
-      key=lambda item: (_model_order(item[0][0]), int(item[0][1]))):
-    theirs = paper[(paper.model == model) &
-                   (paper.num_images.astype(str) == str(int(n)))]
-    theirs = ("–" if theirs.empty
-              else f"{100 * float(theirs.value.iloc[0]):.2f}")
+  for model, n, group in _by_model_and_n(pairs):
+    theirs = _paper_cell(paper, model, n)
     seeds = ", ".join(f"{100 * d:+.2f}" for d in group["diff"])
-    lines.append(f"| {model} | {int(n)} | {stat(group.base)} | "
-                 f"{stat(group.ablation)} | {stat(group['diff'], '+')} "
-                 f"(n={len(group)}; {seeds}) | {theirs} |")
+    lines.append(f"| {model} | {n} | {_mean_std(group.base)} | "
+                 f"{_mean_std(group.ablation)} | "
+                 f"{_mean_std(group['diff'], '+')} (n={len(group)}; {seeds}) | "
+                 f"{theirs} |")
   return "\n".join(lines) + f"\n\n{metric}, mean±std over seeds.\n"
 
 
