@@ -377,8 +377,8 @@ def weights_table(results_dir, dataset: str, *, preset: str = "compact",
   lower = int((pairs["diff"] < 0).sum())
   return ("\n".join(lines) + f"\n\nOver all {len(pairs)} runs: the last "
           f"epoch's weights tested higher in {higher}, lower in {lower}; "
-          f"median difference {100 * pairs['diff'].median():+.2f} points "
-          f"({crop}; mean±std over seeds).\n")
+          f"median difference {100 * pairs['diff'].median():+.2f} points. "
+          f"Test accuracy, {crop}, mean±std over seeds.\n")
 
 
 def ablation_table(results_dir, name: str, dataset: str, *,
