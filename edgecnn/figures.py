@@ -383,7 +383,8 @@ def weights_table(results_dir, dataset: str, *, preset: str = "compact",
 
 def ablation_table(results_dir, name: str, dataset: str, *,
                    base: str = "edge_accuracy", preset: str = "compact",
-                   metric: str = "test_accuracy_10crop") -> str:
+                   metric: str = "test_accuracy_10crop",
+                   base_metric: str | None = None) -> str:
   """An ablation CSV's runs against the same runs of a base CSV, as Markdown.
 
   Runs pair on dataset, preset, model, N and seed (the same images and
@@ -399,15 +400,19 @@ def ablation_table(results_dir, name: str, dataset: str, *,
     base: the CSV the ablation is compared with.
     preset: whose rows (compact or paper).
     metric: the accuracy compared.
+    base_metric: the base's metric, if not ``metric`` (e.g. a rerun's
+      ``best_epoch_test_accuracy_10crop`` against the ``test_accuracy_10crop``
+      of an archive that tested the best epoch's weights).
   """
   frames = {}
+  metrics = {name: metric, base: base_metric or metric}
   for stem in (base, name):
     frame = load(results_dir, stem)
     if frame is None:
       raise FileNotFoundError(
           f"No {stem}.csv in {results_dir}; ablation_table compares two "
           "result CSVs of the same runs.")
-    rows = frame[(frame.dataset == dataset) & (frame.metric == metric)]
+    rows = frame[(frame.dataset == dataset) & (frame.metric == metrics[stem])]
     rows = _plain(rows, preset) if stem == base else rows[
         rows.preset == preset]
     frames[stem] = rows.groupby(["model", "num_images", "seed"])[
@@ -429,7 +434,9 @@ def ablation_table(results_dir, name: str, dataset: str, *,
                  f"{_mean_std(group.ablation)} | "
                  f"{_mean_std(group['diff'], '+')} (n={len(group)}; {seeds}) | "
                  f"{theirs} |")
-  return "\n".join(lines) + f"\n\n{metric}, mean±std over seeds.\n"
+  compared = (metric if metrics[base] == metric
+              else f"{name}'s {metric} against {base}'s {metrics[base]}")
+  return "\n".join(lines) + f"\n\n{compared}, mean±std over seeds.\n"
 
 
 def _empty(fig, ax, message, path):

@@ -262,5 +262,17 @@ def test_ablation_table_pairs_runs_across_two_csvs(tmp_path):
           "(n=2; +2.00, -1.00) | 82.04 |") in table
   assert figures.ablation_table(tmp_path, "ablation_oracle", "mnist") == \
       "No run of ablation_oracle.csv is in edge_accuracy.csv.\n"
+  # Another metric of the ablation against the base's test accuracy.
+  ablation.append({**key, "labels": "oracle", "seed": 3},
+                  [("best_epoch_test_accuracy_10crop", 0.6, "fraction")])
+  base.append({**key, "labels": "cloud", "seed": 3},
+              [("test_accuracy_10crop", 0.6, "fraction")])
+  rerun = figures.ablation_table(
+      tmp_path, "ablation_oracle", "fashion_mnist",
+      metric="best_epoch_test_accuracy_10crop",
+      base_metric="test_accuracy_10crop")
+  assert "| 60.00 | 60.00 | +0.00 (n=1; +0.00) |" in rerun
+  assert "ablation_oracle's best_epoch_test_accuracy_10crop against " \
+         "edge_accuracy's test_accuracy_10crop" in rerun
   with pytest.raises(FileNotFoundError, match="No ablation_head.csv in"):
     figures.ablation_table(tmp_path, "ablation_head", "fashion_mnist")
