@@ -14,6 +14,17 @@ from edgecnn import results
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+# The key columns of a Fashion-MNIST EdgeCNN1-3 run, less N, seed and labels.
+FASHION_EDGECNN1_3 = {"dataset": "fashion_mnist", "preset": "compact",
+                      "model": "EdgeCNN1-3", "num_shared": 3,
+                      "pretrained": True}
+
+
+def edge_log(directory, stem="edge_accuracy"):
+  """An edge_accuracy ResultLog at <directory>/<stem>.csv."""
+  return results.ResultLog(pathlib.Path(directory) / f"{stem}.csv",
+                           {"experiment": "edge_accuracy", "device": "CPU",
+                            "threads": 2, "commit": "abc"})
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +143,8 @@ def test_paper_values_inside_project():
 
 
 def test_accuracy_summary_leaves_out_ablation_rows(tmp_path):
-  log = results.ResultLog(tmp_path / "edge_accuracy.csv",
-                          {"experiment": "edge_accuracy", "device": "CPU",
-                           "threads": 2, "commit": "abc"})
-  key = {"dataset": "fashion_mnist", "preset": "compact", "model": "EdgeCNN1-3",
-         "num_shared": 3, "pretrained": True, "labels": "true",
-         "num_images": 120, "seed": 0}
+  log = edge_log(tmp_path)
+  key = {**FASHION_EDGECNN1_3, "labels": "true", "num_images": 120, "seed": 0}
   log.append(key, [("test_accuracy_10crop", 0.70, "fraction")])
   log.append({**key, "condition": "head_pool=paper"},
              [("test_accuracy_10crop", 0.90, "fraction")])
@@ -191,9 +198,7 @@ def test_headline_table_computes_each_claim_from_the_csvs(results_dir):
 
 
 def test_headline_table_pairs_seeds_and_skips_ablations(tmp_path):
-  log = results.ResultLog(tmp_path / "edge_accuracy.csv",
-                          {"experiment": "edge_accuracy", "device": "CPU",
-                           "threads": 2, "commit": "abc"})
+  log = edge_log(tmp_path)
   base = {"dataset": "fashion_mnist", "preset": "compact", "num_shared": 3,
           "labels": "true", "num_images": 120}
   for seed, one, zero in ((0, 0.80, 0.60), (1, 0.70, 0.60), (2, 0.99, None)):
@@ -211,12 +216,8 @@ def test_headline_table_pairs_seeds_and_skips_ablations(tmp_path):
 
 
 def test_weights_table_pairs_best_and_last_per_run(tmp_path):
-  log = results.ResultLog(tmp_path / "edge_accuracy.csv",
-                          {"experiment": "edge_accuracy", "device": "CPU",
-                           "threads": 2, "commit": "abc"})
-  key = {"dataset": "fashion_mnist", "preset": "compact", "model": "EdgeCNN1-3",
-         "num_shared": 3, "pretrained": True, "labels": "cloud",
-         "num_images": 360}
+  log = edge_log(tmp_path)
+  key = {**FASHION_EDGECNN1_3, "labels": "cloud", "num_images": 360}
   for seed, best, last in ((0, 0.70, 0.75), (1, 0.80, 0.79)):
     log.append({**key, "seed": seed},
                [("best_epoch_test_accuracy_10crop", best, "fraction"),
@@ -242,12 +243,9 @@ def test_weights_table_pairs_best_and_last_per_run(tmp_path):
 
 
 def test_ablation_table_pairs_runs_across_two_csvs(tmp_path):
-  common = {"experiment": "edge_accuracy", "device": "CPU", "threads": 2,
-            "commit": "abc"}
-  base = results.ResultLog(tmp_path / "edge_accuracy.csv", common)
-  ablation = results.ResultLog(tmp_path / "ablation_oracle.csv", common)
-  key = {"dataset": "fashion_mnist", "preset": "compact", "model": "EdgeCNN1-3",
-         "num_shared": 3, "pretrained": True, "num_images": 360}
+  base = edge_log(tmp_path)
+  ablation = edge_log(tmp_path, "ablation_oracle")
+  key = {**FASHION_EDGECNN1_3, "num_images": 360}
   for seed, cloud, oracle in ((0, 0.80, 0.82), (1, 0.70, 0.69), (2, 0.5, None)):
     base.append({**key, "labels": "cloud", "seed": seed},
                 [("test_accuracy_10crop", cloud, "fraction")])
