@@ -439,6 +439,116 @@ def ablation_table(results_dir, name: str, dataset: str, *,
   return "\n".join(lines) + f"\n\n{compared}, mean±std over seeds.\n"
 
 
+
+def preset_table(results_dir, dataset: str, *,
+                 presets: tuple[str, ...] = ("paper", "compact"),
+                 name: str = "edge_accuracy",
+                 metric: str = "test_accuracy_10crop") -> str:
+  """Presets side by side on the same seeds, with the paper's number, as
+  Markdown.
+
+  One row per model and N that the first preset has run; each preset's cell
+  is the mean±std over the seeds that every preset has for that model and N
+  (the same images and initialisation), so a preset with more seeds is not
+  compared on seeds the others lack. Ablation rows (a condition) are left
+  out.
+
+  Args:
+    results_dir: directory of the result CSVs.
+    dataset: mnist, fashion_mnist or cifar10.
+    presets: the presets compared, the first deciding the rows.
+    name: the CSV's stem.
+    metric: the accuracy compared.
+  """
+  if len(presets) < 2:
+    raise ValueError(f"`presets` needs two or more presets to compare. "
+                     f"Received: {presets!r}")
+  edge = load(results_dir, name)
+  if edge is None:
+    return f"No {name}.csv yet.\n"
+  rows = _plain(edge[(edge.dataset == dataset) & (edge.metric == metric)],
+                None)
+  per = {p: rows[rows.preset == p].groupby(["model", "num_images", "seed"])[
+      "value"].mean() for p in presets}
+  first = per[presets[0]]
+  if first.empty:
+    return f"No {presets[0]}-preset run of {dataset} in {name}.csv yet.\n"
+  paper = _paper_accuracy(dataset)
+  lines = ["| model | N | " + " | ".join(f"{p} preset" for p in presets)
+           + " | seeds | paper |", "|---|---|" + "---|" * (len(presets) + 2)]
+  for model, n, group in _by_model_and_n(first.reset_index()):
+    seeds = set(group.seed)
+    for p in presets[1:]:
+      if (model, n) in per[p].index.droplevel("seed"):
+        seeds &= set(per[p].loc[(model, n)].index)
+      else:
+        seeds = set()
+    seeds = sorted(seeds)
+    cells = [_mean_std(per[p].loc[(model, n)].loc[seeds]) if seeds
+             else "not yet run" for p in presets]
+    lines.append(f"| {model} | {n} | " + " | ".join(cells) + " | "
+                 f"{', '.join(str(int(s)) for s in seeds) or '–'} | "
+                 f"{_paper_cell(paper, model, n)} |")
+  return ("\n".join(lines) + f"\n\n{metric}, mean±std over the seeds every "
+          "preset has (listed); not yet run: a preset lacks every seed of "
+          "the first.\n")
+
+
+def training_time_table(results_dir, *, preset: str = "compact",
+                        name: str = "training_time") -> str:
+  """Fig. 10 as Markdown: EdgeCNN1-m against EdgeCNN0-m, time to the stopping
+  rule and per epoch, beside the paper's reductions.
+
+  Per dataset, N and m: each model's median wall time to the stop, epochs
+  and seconds per epoch over seeds, and the reductions (EdgeCNN1 -
+  EdgeCNN0) / EdgeCNN0 paired per seed (the same images), median over seeds.
+  The paper gives one reduction per dataset (Sec. 4.3.4).
+
+  Args:
+    results_dir: directory of the result CSVs.
+    preset: whose rows (compact or paper).
+    name: the CSV's stem.
+  """
+  frame = load(results_dir, name)
+  if frame is None or frame.empty:
+    return f"No {name}.csv yet.\n"
+  rows = _plain(frame, preset)
+  paper = paper_values()
+  paper = paper[paper.metric == "training_time_reduction"]
+  lines = ["| dataset | N | m | EdgeCNN1: s (epochs; s/epoch) | "
+           "EdgeCNN0: s (epochs; s/epoch) | to the stop, ours | "
+           "per epoch, ours | seeds | paper |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  order = {d: i for i, d in enumerate(DATASET_TITLES)}
+  keys = rows[["dataset", "num_images", "num_shared"]].drop_duplicates()
+  for d, n, m in sorted(keys.itertuples(index=False, name=None),
+                        key=lambda k: (order.get(k[0], 9), k[1], k[2])):
+    one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
+    stats = {model: {metric: _per_seed(rows, d, model, n, metric)
+                     for metric in ("wall_time", "epochs", "time_per_epoch")}
+             for model in (one, zero)}
+    if any(stats[model]["wall_time"].empty for model in (one, zero)):
+      continue
+    cells = [f"{s['wall_time'].median():.1f} ({s['epochs'].median():.0f}; "
+             f"{s['time_per_epoch'].median():.2f})"
+             for s in (stats[one], stats[zero])]
+    ratio = {metric: _paired(stats[one][metric], stats[zero][metric],
+                             lambda x, y: (x - y) / y)
+             for metric in ("wall_time", "time_per_epoch")}
+    theirs = paper[(paper.dataset == d) & (paper.model == f"{one} vs {zero}")
+                   & (paper.num_images.astype(str) == str(n))]
+    lines.append(
+        f"| {DATASET_TITLES.get(d, d)} | {n} | {m} | {cells[0]} | {cells[1]} "
+        f"| {ratio['wall_time'].median():+.1%} | "
+        f"{ratio['time_per_epoch'].median():+.1%} | "
+        f"{len(ratio['wall_time'])} | "
+        f"{'' if theirs.empty else f'{float(theirs.value.iloc[0]):+.2%}'} |")
+  if len(lines) == 2:
+    return (f"No {preset}-preset pair of EdgeCNN1-m and EdgeCNN0-m in "
+            f"{name}.csv yet.\n")
+  return ("\n".join(lines) + "\n\nMedians over seeds; reductions (EdgeCNN1 -"
+          " EdgeCNN0) / EdgeCNN0 paired per seed, then the median.\n")
+
 def _empty(fig, ax, message, path):
   ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)
   ax.set_axis_off()
@@ -488,6 +598,15 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
             f"## {DATASET_TITLES[d]}: top-1 test accuracy (%), 10-crop"
             f"{'' if p == 'compact' else f', {p} preset'}\n\n"
             + accuracy_table(results_dir, d, preset=p))
+  for p in others:
+    for d in datasets:
+      if not edge[(edge.preset == p) & (edge.dataset == d)].empty:
+        sections.append(
+            f"## {DATASET_TITLES[d]}: the {p} preset beside the compact "
+            f"preset on the same seeds (%), 10-crop\n\n"
+            + preset_table(results_dir, d, presets=(p, "compact")))
+  sections.append("## Training time to the stopping rule (Fig. 10)\n\n"
+                  + training_time_table(results_dir))
   for d in datasets:
     sections.append(
         f"## {DATASET_TITLES[d]}: the best validation epoch's weights "

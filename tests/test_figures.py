@@ -274,3 +274,61 @@ def test_ablation_table_pairs_runs_across_two_csvs(tmp_path):
          "edge_accuracy's test_accuracy_10crop" in rerun
   with pytest.raises(FileNotFoundError, match="No ablation_head.csv in"):
     figures.ablation_table(tmp_path, "ablation_head", "fashion_mnist")
+
+
+def test_preset_table_compares_presets_on_the_seeds_both_have(tmp_path):
+  log = edge_log(tmp_path)
+  key = {**FASHION_EDGECNN1_3, "labels": "cloud", "num_images": 120}
+  for seed, paper, compact in ((0, 0.70, 0.78), (1, 0.72, 0.74),
+                               (2, None, 0.10)):
+    if paper is not None:
+      log.append({**key, "preset": "paper", "seed": seed},
+                 [("test_accuracy_10crop", paper, "fraction")])
+    # Seed 2 has no paper-preset run: its compact 10% is left out.
+    log.append({**key, "seed": seed},
+               [("test_accuracy_10crop", compact, "fraction")])
+  log.append({**key, "num_images": 1200, "preset": "paper", "seed": 0},
+             [("test_accuracy_10crop", 0.8, "fraction")])
+  # An ablation's row never stands in for the plain recipe.
+  log.append({**key, "num_images": 1200, "seed": 0, "condition": "x=1"},
+             [("test_accuracy_10crop", 0.9, "fraction")])
+  table = figures.preset_table(tmp_path, "fashion_mnist")
+  assert ("| EdgeCNN1-3 | 120 | 71.00±1.41 | 76.00±2.83 | 0, 1 | 75.77 |"
+          in table)
+  assert "| EdgeCNN1-3 | 1200 | not yet run | not yet run | – | 86.00 |" in table
+  assert figures.preset_table(tmp_path, "mnist") == \
+      "No paper-preset run of mnist in edge_accuracy.csv yet.\n"
+  with pytest.raises(ValueError, match=r"Received: \('paper',\)"):
+    figures.preset_table(tmp_path, "fashion_mnist", presets=("paper",))
+  tables = figures.render_all(tmp_path, tmp_path / "fig")[-1].read_text()
+  assert "## Fashion-MNIST: the paper preset beside the compact preset" in tables
+  assert "71.00±1.41 | 76.00±2.83" in tables
+
+
+def test_training_time_table_pairs_reductions_per_seed(tmp_path):
+  log = results.ResultLog(tmp_path / "training_time.csv",
+                          {"experiment": "training_time", "device": "CPU",
+                           "threads": 2, "commit": "abc"})
+  base = {"dataset": "fashion_mnist", "preset": "compact", "num_shared": 3,
+          "labels": "true", "num_images": 120}
+  # Seed 0: 10 s vs 20 s (-50%), seed 1: 30 s vs 40 s (-25%), seed 2
+  # EdgeCNN1 only (no pair).
+  for seed, one, zero in ((0, 10.0, 20.0), (1, 30.0, 40.0), (2, 1.0, None)):
+    for model, pretrained, wall in (("EdgeCNN1-3", True, one),
+                                    ("EdgeCNN0-3", False, zero)):
+      if wall is not None:
+        log.append({**base, "model": model, "pretrained": pretrained,
+                    "seed": seed},
+                   [("wall_time", wall, "s"), ("epochs", 10, "epochs"),
+                    ("time_per_epoch", wall / 10, "s")])
+  table = figures.training_time_table(tmp_path)
+  # Medians: EdgeCNN1 over seeds 0-2 (10, 30, 1) -> 10; reductions paired on
+  # seeds 0 and 1, median of -50% and -25%.
+  assert ("| Fashion-MNIST | 120 | 3 | 10.0 (10; 1.00) | 30.0 (10; 3.00) | "
+          "-37.5% | -37.5% | 2 | -45.47% |") in table
+  assert figures.training_time_table(tmp_path, preset="paper") == \
+      "No paper-preset pair of EdgeCNN1-m and EdgeCNN0-m in training_time.csv yet.\n"
+  assert figures.training_time_table(tmp_path / "none") == \
+      "No training_time.csv yet.\n"
+  assert "## Training time to the stopping rule (Fig. 10)" in \
+      figures.render_all(tmp_path, tmp_path / "fig")[-1].read_text()
