@@ -8,9 +8,11 @@ results directory (the long format of edgecnn.results, and main_job.csv).
 
 from __future__ import annotations
 
+import ast
 import importlib.resources
 import os
 import pathlib
+import re
 
 import numpy as np
 import pandas as pd
@@ -548,6 +550,79 @@ def training_time_table(results_dir, *, preset: str = "compact",
             f"{name}.csv yet.\n")
   return ("\n".join(lines) + "\n\nMedians over seeds; reductions (EdgeCNN1 -"
           " EdgeCNN0) / EdgeCNN0 paired per seed, then the median.\n")
+
+
+# The tables a document may embed between markers (refresh_tables); each is
+# called with the results directory first.
+DOC_TABLES = ("accuracy_table", "headline_table", "weights_table",
+              "ablation_table", "preset_table", "training_time_table")
+_TABLE_BLOCK = re.compile(
+    r"(?P<open><!-- table: (?P<call>.*?) -->\n)(?P<body>.*?)"
+    r"(?P<close><!-- end table -->)", re.S)
+
+
+def _table_call(call: str):
+  """(function, args, kwargs) of a marker's call, e.g.
+  ``accuracy_table('mnist', name='edge_accuracy.best_weights')``; only the
+  functions of DOC_TABLES and literal arguments."""
+  try:
+    node = ast.parse(call.strip(), mode="eval").body
+    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name):
+      raise ValueError("not a call of a function by its bare name")
+    args = [ast.literal_eval(a) for a in node.args]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+  except (SyntaxError, ValueError) as e:
+    raise ValueError(
+        f"A table marker must hold one call of {', '.join(DOC_TABLES)} with "
+        f"literal arguments, e.g. <!-- table: accuracy_table('mnist') -->. "
+        f"Received: {call!r} ({e})") from None
+  if node.func.id not in DOC_TABLES:
+    raise ValueError(f"Unknown table {node.func.id!r} in marker {call!r}; "
+                     f"known: {', '.join(DOC_TABLES)}")
+  return globals()[node.func.id], args, kwargs
+
+
+def table_markers(text: str) -> list[str]:
+  """The calls of ``text``'s table markers (see refresh_tables), checked:
+  ValueError for a call that refresh_tables would refuse or an opening marker
+  without its end."""
+  opened = text.count("<!-- table: ")
+  closed = text.count("<!-- end table -->")
+  calls = [m["call"] for m in _TABLE_BLOCK.finditer(text)]
+  if not opened == closed == len(calls):
+    line = 1 + text[:text.rfind("<!-- table: ")].count("\n")
+    raise ValueError(
+        f"{opened} table markers and {closed} end markers: every "
+        f"'<!-- table: ... -->' needs its own '<!-- end table -->' after it "
+        f"(last opening marker on line {line}).")
+  for call in calls:
+    _table_call(call)
+  return calls
+
+
+def refresh_tables(text: str, results_dir) -> str:
+  """``text`` with every marked table recomputed from the CSVs.
+
+  A Markdown document marks a table as::
+
+    <!-- table: accuracy_table('fashion_mnist') -->
+    (anything: replaced by figures.accuracy_table(results_dir, 'fashion_mnist'))
+    <!-- end table -->
+
+  Prose around the markers is kept as written. Raises ValueError, naming the
+  marker, for a call that is not one of DOC_TABLES with literal arguments or
+  an opening marker without its end; the text is then not changed at all.
+  """
+  def block(match):
+    fn, args, kwargs = _table_call(match["call"])
+    try:
+      body = fn(results_dir, *args, **kwargs)
+    except TypeError as e:  # a wrong argument in the marker
+      raise ValueError(f"Table marker {match['call']!r}: {e}") from None
+    return f"{match['open']}\n{body.rstrip()}\n\n{match['close']}"
+
+  table_markers(text)  # every marker checked before any table is computed
+  return _TABLE_BLOCK.sub(block, text)
 
 def _empty(fig, ax, message, path):
   ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes)

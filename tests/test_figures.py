@@ -332,3 +332,53 @@ def test_training_time_table_pairs_reductions_per_seed(tmp_path):
       "No training_time.csv yet.\n"
   assert "## Training time to the stopping rule (Fig. 10)" in \
       figures.render_all(tmp_path, tmp_path / "fig")[-1].read_text()
+
+
+def test_refresh_tables_recomputes_marked_tables_and_keeps_prose(
+    results_dir, tmp_path):
+  doc = tmp_path / "REPORT.md"
+  text = ("# Report\n\nProse before.\n\n"
+          "<!-- table: accuracy_table('mnist') -->\nstale numbers\n"
+          "<!-- end table -->\n\nProse between.\n\n"
+          "<!-- table: training_time_table(preset='compact') -->\n"
+          "<!-- end table -->\nProse after.\n")
+  doc.write_text(text)
+  env = {**os.environ, "MPLBACKEND": "Agg"}
+  run = subprocess.run(
+      [sys.executable, "-m", "experiments.plot_figures",
+       f"--results_dir={results_dir}", f"--out_dir={tmp_path / 'fig'}",
+       f"--refresh_docs={doc}"], env=env, capture_output=True, text=True,
+      timeout=300)
+  assert run.returncode == 0, run.stderr
+  assert f"{doc}: tables refreshed" in run.stdout
+  new = doc.read_text()
+  assert "stale numbers" not in new
+  assert figures.accuracy_table(results_dir, "mnist").rstrip() in new
+  assert figures.training_time_table(results_dir).rstrip() in new
+  for prose in ("Prose before.", "Prose between.", "Prose after."):
+    assert prose in new
+  # Refreshing again changes nothing: the markers survive.
+  assert figures.refresh_tables(new, results_dir) == new
+
+  for bad, error in (
+      ("<!-- table: os.system('ls') -->\n<!-- end table -->",
+       "not a call of a function by its bare name"),
+      ("<!-- table: plot_accuracy('mnist') -->\n<!-- end table -->",
+       "Unknown table 'plot_accuracy'"),
+      ("<!-- table: accuracy_table(dataset) -->\n<!-- end table -->",
+       "literal arguments"),
+      ("ok\n<!-- table: accuracy_table('mnist') -->\n",
+       "1 table markers and 0 end markers.*on line 2"),
+      ("<!-- table: accuracy_table('mnist', crop='x') -->\n<!-- end table -->",
+       "Table marker \"accuracy_table\\('mnist', crop='x'\\)\": .*crop")):
+    with pytest.raises(ValueError, match=error):
+      figures.refresh_tables(bad, results_dir)
+  # A bad marker leaves the document as it was.
+  doc.write_text(text + "<!-- table: nope() -->\n<!-- end table -->\n")
+  run = subprocess.run(
+      [sys.executable, "-m", "experiments.plot_figures",
+       f"--results_dir={results_dir}", f"--out_dir={tmp_path / 'fig'}",
+       f"--refresh_docs={doc}"], env=env, capture_output=True, text=True,
+      timeout=300)
+  assert run.returncode != 0 and "Unknown table 'nope'" in run.stderr
+  assert doc.read_text() == text + "<!-- table: nope() -->\n<!-- end table -->\n"
