@@ -382,3 +382,12 @@ def test_refresh_tables_recomputes_marked_tables_and_keeps_prose(
       timeout=300)
   assert run.returncode != 0 and "Unknown table 'nope'" in run.stderr
   assert doc.read_text() == text + "<!-- table: nope() -->\n<!-- end table -->\n"
+
+
+def test_reproduction_report_markers_name_known_tables():
+  # Every table marker in the committed report can be refreshed; a typo in a
+  # marker would otherwise surface only at the end of a session.
+  calls = figures.table_markers(
+      (ROOT / "results" / "REPRODUCTION.md").read_text())
+  assert any(c.startswith("accuracy_table('fashion_mnist'") for c in calls)
+  assert "headline_table()" in calls
