@@ -556,9 +556,12 @@ def training_time_table(results_dir, *, preset: str = "compact",
 # called with the results directory first.
 DOC_TABLES = ("accuracy_table", "headline_table", "weights_table",
               "ablation_table", "preset_table", "training_time_table")
+# Markers are whole lines, so prose may quote them.
+_TABLE_OPEN = re.compile(r"^<!-- table: (?P<call>[^\n]*?) -->$", re.M)
+_TABLE_CLOSE = re.compile(r"^<!-- end table -->$", re.M)
 _TABLE_BLOCK = re.compile(
-    r"(?P<open><!-- table: (?P<call>.*?) -->\n)(?P<body>.*?)"
-    r"(?P<close><!-- end table -->)", re.S)
+    r"(?P<open>^<!-- table: (?P<call>[^\n]*?) -->\n)(?P<body>.*?)"
+    r"(?P<close>^<!-- end table -->$)", re.S | re.M)
 
 
 def _table_call(call: str):
@@ -586,11 +589,13 @@ def table_markers(text: str) -> list[str]:
   """The calls of ``text``'s table markers (see refresh_tables), checked:
   ValueError for a call that refresh_tables would refuse or an opening marker
   without its end."""
-  opened = text.count("<!-- table: ")
-  closed = text.count("<!-- end table -->")
-  calls = [m["call"] for m in _TABLE_BLOCK.finditer(text)]
-  if not opened == closed == len(calls):
-    line = 1 + text[:text.rfind("<!-- table: ")].count("\n")
+  opens = list(_TABLE_OPEN.finditer(text))
+  opened, closed = len(opens), len(_TABLE_CLOSE.findall(text))
+  blocks = list(_TABLE_BLOCK.finditer(text))
+  calls = [m["call"] for m in blocks]
+  nested = any(_TABLE_OPEN.search(m["body"]) for m in blocks)
+  if not opened == closed == len(calls) or nested:
+    line = 1 + text[:opens[-1].start()].count("\n") if opens else 0
     raise ValueError(
         f"{opened} table markers and {closed} end markers: every "
         f"'<!-- table: ... -->' needs its own '<!-- end table -->' after it "
@@ -603,7 +608,7 @@ def table_markers(text: str) -> list[str]:
 def refresh_tables(text: str, results_dir) -> str:
   """``text`` with every marked table recomputed from the CSVs.
 
-  A Markdown document marks a table as::
+  A Markdown document marks a table with two lines of their own::
 
     <!-- table: accuracy_table('fashion_mnist') -->
     (anything: replaced by figures.accuracy_table(results_dir, 'fashion_mnist'))

@@ -337,7 +337,8 @@ def test_training_time_table_pairs_reductions_per_seed(tmp_path):
 def test_refresh_tables_recomputes_marked_tables_and_keeps_prose(
     results_dir, tmp_path):
   doc = tmp_path / "REPORT.md"
-  text = ("# Report\n\nProse before.\n\n"
+  text = ("# Report\n\nProse before, quoting `<!-- table: CALL -->` and "
+          "`<!-- end table -->`.\n\n"
           "<!-- table: accuracy_table('mnist') -->\nstale numbers\n"
           "<!-- end table -->\n\nProse between.\n\n"
           "<!-- table: training_time_table(preset='compact') -->\n"
@@ -355,7 +356,8 @@ def test_refresh_tables_recomputes_marked_tables_and_keeps_prose(
   assert "stale numbers" not in new
   assert figures.accuracy_table(results_dir, "mnist").rstrip() in new
   assert figures.training_time_table(results_dir).rstrip() in new
-  for prose in ("Prose before.", "Prose between.", "Prose after."):
+  for prose in ("Prose before, quoting `<!-- table: CALL -->` and "
+                "`<!-- end table -->`.", "Prose between.", "Prose after."):
     assert prose in new
   # Refreshing again changes nothing: the markers survive.
   assert figures.refresh_tables(new, results_dir) == new
