@@ -67,11 +67,12 @@ NETNS_OK, NETNS_WHY = netem.netns_available()
 
 
 def _timed_from(prefix, host, port, payload_len):
-  """Median of 3 transfers of payload_len bytes, run inside ``prefix``'s
-  namespace."""
+  """Fastest of 5 transfers of payload_len bytes, run inside ``prefix``'s
+  namespace (load only ever adds time to a transfer, see
+  test_proxy_delivers_configured_rate_and_delay)."""
   code = ("import sys; from edgecnn import netem; "
-          "ts = sorted(netem.timed_transfer(sys.argv[1], int(sys.argv[2]), "
-          "b'x' * int(sys.argv[3]))[0] for _ in range(3)); print(ts[1])")
+          "print(min(netem.timed_transfer(sys.argv[1], int(sys.argv[2]), "
+          "b'x' * int(sys.argv[3]))[0] for _ in range(5)))")
   out = subprocess.run(
       [*prefix, sys.executable, "-c", code, host, str(port), str(payload_len)],
       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
@@ -100,8 +101,11 @@ def test_netns_delivers_configured_rate_and_delay_and_agrees_with_proxy():
   server2, port2 = _start_echo()
   proxy = netem.ShapingProxy(("127.0.0.1", port2), LINK).start()
   try:
-    user = sorted(netem.timed_transfer(*proxy.address, PAYLOAD)[0]
-                  for _ in range(3))[1]
+    # The fastest of five, as for the kernel: the median of three read 0.71 s
+    # against the kernel's 0.48 s with three experiments and the test suite
+    # on the two cores (session 8).
+    user = min(netem.timed_transfer(*proxy.address, PAYLOAD)[0]
+               for _ in range(5))
   finally:
     proxy.stop()
     server2.kill()
