@@ -332,7 +332,7 @@ def _paper_cell(paper: pd.DataFrame, model: str, n: int) -> str:
 
 def weights_table(results_dir, dataset: str, *, preset: str = "compact",
                   name: str = "edge_accuracy",
-                  crop: str = "10crop") -> str:
+                  crop: str = "10crop", summary: bool = False) -> str:
   """The best validation epoch's weights against the last epoch's, as Markdown.
 
   Runs with ``test_both_weights`` test both from one training (rows
@@ -347,6 +347,8 @@ def weights_table(results_dir, dataset: str, *, preset: str = "compact",
     preset: whose rows (compact or paper).
     name: the CSV's stem.
     crop: ``10crop`` or ``center``.
+    summary: only the closing line over all runs (how many tested higher
+      with the last weights, the median difference), not the table.
   """
   if crop not in ("10crop", "center"):
     raise ValueError(f"`crop` must be '10crop' or 'center'. Received: {crop!r}")
@@ -377,10 +379,13 @@ def weights_table(results_dir, dataset: str, *, preset: str = "compact",
         f"{len(group)} | {theirs} |")
   higher = int((pairs["diff"] > 0).sum())
   lower = int((pairs["diff"] < 0).sum())
-  return ("\n".join(lines) + f"\n\nOver all {len(pairs)} runs: the last "
-          f"epoch's weights tested higher in {higher}, lower in {lower}; "
-          f"median difference {100 * pairs['diff'].median():+.2f} points. "
-          f"Test accuracy, {crop}, mean±std over seeds.\n")
+  closing = (f"Over all {len(pairs)} runs: the last epoch's weights tested "
+             f"higher in {higher}, lower in {lower}; median difference "
+             f"{100 * pairs['diff'].median():+.2f} points.")
+  if summary:
+    return closing + "\n"
+  return ("\n".join(lines) + f"\n\n{closing} Test accuracy, {crop}, "
+          "mean±std over seeds.\n")
 
 
 def ablation_table(results_dir, name: str, dataset: str, *,

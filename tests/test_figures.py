@@ -233,6 +233,9 @@ def test_weights_table_pairs_best_and_last_per_run(tmp_path):
           "| 1 of 2 | 82.04 |") in table
   assert "Over all 2 runs: the last epoch's weights tested higher in 1, " \
          "lower in 1" in table
+  assert figures.weights_table(tmp_path, "fashion_mnist", summary=True) == (
+      "Over all 2 runs: the last epoch's weights tested higher in 1, lower "
+      "in 1; median difference +2.00 points.\n")
   assert figures.weights_table(tmp_path, "mnist") == \
       "No runs tested both weights yet.\n"
   with pytest.raises(ValueError, match="Received: 'centre'"):
