@@ -369,6 +369,21 @@ def train_pipeline(x: np.ndarray, y: np.ndarray, *, batch_size: int,
   return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
+def skip_passes(ds: tf.data.Dataset, passes: int) -> None:
+  """Advances a train_pipeline's randomness by ``passes`` passes.
+
+  The shuffle and the crop seeds are redrawn each time an iterator is made,
+  from the pipeline's seed and a count of iterators made so far; making one
+  and reading one batch counts as a pass without reading the rest. So a
+  resumed run's fresh pipeline gives the batches the uninterrupted run would
+  have had.
+  """
+  if passes < 0:
+    raise ValueError(f"`passes` must be >= 0. Received: {passes}")
+  for _ in range(passes):
+    next(iter(ds))
+
+
 def eval_pipeline(x: np.ndarray, y: np.ndarray | None = None, *,
                   batch_size: int = 256,
                   crop_size: int | None = None) -> tf.data.Dataset:

@@ -145,6 +145,24 @@ class TrainResult:
   epoch_tests: dict[str, dict[str, float]] | None = None
 
 
+# Passes over the training pipeline per epoch of model.fit: Keras 3's
+# EpochIterator makes an iterator at the start of each epoch and, when the
+# dataset's length is known, another at its end that the next epoch does not
+# use. Each pass draws a new shuffle and new crops, so a resumed run skips
+# this many passes per finished epoch to see the batches the uninterrupted
+# run saw (tests/test_train.py::test_a_resumed_run_trains_as_the_uninterrupted_run
+# fails if a Keras version changes it).
+_FIT_PASSES_PER_EPOCH = 2
+
+
+def _rng_states(model: keras.Model) -> list:
+  """The states of the model's random streams (dropout's seed generators):
+  not among the weights save_weights writes, so checkpoints keep them apart,
+  or a resumed run would draw the dropout masks of its first epochs again."""
+  return [v for v in model.variables
+          if v.path.endswith("seed_generator_state")]
+
+
 class _PaperSchedule(keras.callbacks.Callback):
   """LR cuts on plateau, the two stopping rules, warm-up, best weights."""
 
@@ -165,6 +183,10 @@ class _PaperSchedule(keras.callbacks.Callback):
     self.restored: dict | None = None
     self.dead = False
     self.restarts = 0  # of the run this schedule drives; kept in checkpoints
+    # Passes over the training pipeline made before this attempt (earlier
+    # attempts of a restarted run); checkpoints keep the total, so a resumed
+    # run can bring a fresh pipeline to the pass it would have been on.
+    self.data_epochs_before = 0
 
   def on_train_begin(self, logs=None):
     self.lr = self.config.learning_rate
@@ -184,6 +206,15 @@ class _PaperSchedule(keras.callbacks.Callback):
       self.best_weights = self.restored["best_weights"]
     self._set_lr(self._warm(self.lr))
 
+  def data_passes_done(self) -> int:
+    """Passes over the training pipeline the restored run had made
+    (checkpoints before session 8 lack the count: that of their epochs, right
+    for a run that never restarted)."""
+    if not self.restored:
+      return 0
+    return int(self.restored.get(
+        "data_passes", _FIT_PASSES_PER_EPOCH * len(self.restored["history"])))
+
   def restore(self, model: keras.Model) -> int:
     """Loads the last checkpoint, if any; returns the epoch to resume at."""
     state_path = self.checkpoint / "state.json" if self.checkpoint else None
@@ -192,6 +223,10 @@ class _PaperSchedule(keras.callbacks.Callback):
     state = json.loads(state_path.read_text())
     model.optimizer.build(model.trainable_variables)
     model.load_weights(self.checkpoint / state["weights"])
+    rng = _rng_states(model)
+    if len(state.get("rng", [])) == len(rng):  # older checkpoints lack them
+      for var, value in zip(rng, state["rng"]):
+        var.assign(np.asarray(value, var.dtype))
     with np.load(self.checkpoint / state["best_file"]) as z:
       state["best_weights"] = [z[f"w{i}"] for i in range(len(z.files))] or None
     self.restored = state
@@ -208,7 +243,10 @@ class _PaperSchedule(keras.callbacks.Callback):
         f"w{i}": w for i, w in enumerate(self.best_weights or [])})
     state = {key: getattr(self, key) for key in self._STATE}
     state.update(weights=weights, best_file=best, elapsed_s=self.elapsed_before
-                 + time.perf_counter() - self.t0, restarts=self.restarts)
+                 + time.perf_counter() - self.t0, restarts=self.restarts,
+                 data_passes=_FIT_PASSES_PER_EPOCH * (self.data_epochs_before
+                                                      + len(self.history)),
+                 rng=[v.numpy().tolist() for v in _rng_states(self.model)])
     tmp = self.checkpoint / "state.json.tmp"
     tmp.write_text(json.dumps(state, default=float))
     os.replace(tmp, self.checkpoint / "state.json")
@@ -485,9 +523,17 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   while True:
     schedule = _PaperSchedule(config, info.num_classes, label, checkpoint_dir)
     schedule.restarts = restarts
+    schedule.data_epochs_before = total_epochs
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
       _compile(model, config)
     initial_epoch = schedule.restore(model) if checkpoint_dir else 0
+    if schedule.restored and config.augment:
+      # Each pass over the pipeline draws a new shuffle and new crops from
+      # its seed; a fresh pipeline would replay the first passes' batches
+      # (session 8: a resumed N=60,000 run saw epochs 1-22's batches again as
+      # epochs 23-44). Bring it to the pass the killed run was on.
+      data_lib.skip_passes(train_ds, schedule.data_passes_done()
+                           - _FIT_PASSES_PER_EPOCH * total_epochs)
     if _needs_custom_loop(strategy):
       _fit_distributed(model, train_ds, val_ds, config, strategy, schedule)
     else:

@@ -161,6 +161,34 @@ def test_train_pipeline_shapes_and_seeded_determinism():
   assert sorted(np.concatenate([yb for _, yb in a])) == list(range(10))
 
 
+def test_skip_passes_brings_a_fresh_pipeline_to_a_later_pass():
+  x = np.random.default_rng(0).integers(0, 256, (12, 8, 8, 1)).astype(np.uint8)
+  y = np.arange(12)
+
+  def pipeline():
+    return data_lib.train_pipeline(x, y, batch_size=5, crop_size=6, flip=True,
+                                   seed=4)
+
+  def one_pass(ds):
+    batches = list(ds)
+    return (np.concatenate([a.numpy() for a, _ in batches]),
+            np.concatenate([b.numpy() for _, b in batches]))
+
+  running = pipeline()
+  passes = [one_pass(running) for _ in range(4)]
+  # Each pass is a new shuffle and new crops, so replaying pass 1 as pass 3
+  # (what a resumed run did before skip_passes) would be visible.
+  assert not np.array_equal(passes[0][1], passes[2][1])
+  resumed = pipeline()
+  data_lib.skip_passes(resumed, 2)
+  for want in passes[2:]:
+    got = one_pass(resumed)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+  with pytest.raises(ValueError, match="Received: -1"):
+    data_lib.skip_passes(resumed, -1)
+
+
 def test_eval_pipeline_center_crops_in_order():
   x = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1)).astype(np.uint8)
   batches = list(data_lib.eval_pipeline(x, np.arange(5), batch_size=2,

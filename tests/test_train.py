@@ -200,6 +200,53 @@ def test_checkpoint_resume_continues_where_a_killed_run_stopped(tmp_path):
   assert not ckpt.exists()
 
 
+@pytest.mark.parametrize("kill_after", [1, 3])
+def test_a_resumed_run_trains_as_the_uninterrupted_run(tmp_path, kill_after):
+  # The same batches (shuffle and crops) and dropout masks after the resume,
+  # so the same weights as a run that was never killed.
+  ds = fake_dataset("mnist", n_train=60, n_test=10)
+  split = data_lib.subset_split(60, 60, seed=0)
+  config = train_lib.get_config("paper", max_epochs=4, batch_size=16,
+                                stop_patience=100)
+
+  def train(model, ckpt=None):
+    return train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                        checkpoint_dir=ckpt,
+                                        evaluate_test=False)
+
+  keras.utils.set_random_seed(0)
+  whole = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  train(whole)
+
+  class Kill(Exception):
+    pass
+
+  original = train_lib._PaperSchedule._save_checkpoint
+
+  def save_then_die(self, epoch):
+    original(self, epoch)
+    if epoch == kill_after:
+      raise Kill()
+
+  ckpt = str(tmp_path / "ckpt")
+  train_lib._PaperSchedule._save_checkpoint = save_then_die
+  try:
+    with pytest.raises(Kill):
+      keras.utils.set_random_seed(0)
+      train(models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0),
+            ckpt)
+  finally:
+    train_lib._PaperSchedule._save_checkpoint = original
+  state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
+  assert state["data_passes"] == train_lib._FIT_PASSES_PER_EPOCH * kill_after
+  assert len(state["rng"]) == 2  # the two dropout layers' streams
+  resumed = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=1)
+  result = train(resumed, ckpt)
+  assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+  for a, b in zip(whole.get_weights(), resumed.get_weights()):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_left_chance_prefers_test_accuracy():
   assert not train_lib._left_chance(0.167, {"ten_crop": 0.156, "center": 0.185},
                                     0.1)
