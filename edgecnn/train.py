@@ -183,8 +183,8 @@ class _PaperSchedule(keras.callbacks.Callback):
     self.restored: dict | None = None
     self.dead = False
     self.restarts = 0  # of the run this schedule drives; kept in checkpoints
-    # Passes over the training pipeline made before this attempt (earlier
-    # attempts of a restarted run); checkpoints keep the total, so a resumed
+    # Epochs trained before this attempt (earlier attempts of a restarted
+    # run); checkpoints keep the pipeline passes of all of them, so a resumed
     # run can bring a fresh pipeline to the pass it would have been on.
     self.data_epochs_before = 0
 
@@ -527,7 +527,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
       _compile(model, config)
     initial_epoch = schedule.restore(model) if checkpoint_dir else 0
-    if schedule.restored and config.augment:
+    if (schedule.restored and config.augment
+        and not _needs_custom_loop(strategy)):  # that loop does not resume
       # Each pass over the pipeline draws a new shuffle and new crops from
       # its seed; a fresh pipeline would replay the first passes' batches
       # (session 8: a resumed N=60,000 run saw epochs 1-22's batches again as
