@@ -56,7 +56,8 @@ CHECKPOINT_MIN_IMAGES = flags.DEFINE_integer(
     "checkpoint_min_images", 10_000, "Runs with at least this many images "
     "(N=60,000, CIFAR-10's 50,000) checkpoint every epoch under "
     "<workdir>/sweep_checkpoints/ and resume from there when the command is "
-    "rerun, so a killed long run loses at most one epoch. 0 turns it off.",
+    "rerun, so a killed long run loses at most one epoch and then trains as "
+    "if never killed (the same batches and dropout masks). 0 turns it off.",
     lower_bound=0)
 TEST_BOTH_WEIGHTS = flags.DEFINE_bool(
     "test_both_weights", True, "Test both the best validation epoch's "
