@@ -562,11 +562,11 @@ def training_time_table(results_dir, *, preset: str = "compact",
 DOC_TABLES = ("accuracy_table", "headline_table", "weights_table",
               "ablation_table", "preset_table", "training_time_table")
 # Markers are whole lines, so prose may quote them.
-_TABLE_OPEN = re.compile(r"^<!-- table: (?P<call>[^\n]*?) -->$", re.M)
-_TABLE_CLOSE = re.compile(r"^<!-- end table -->$", re.M)
+_OPEN, _CLOSE = r"^<!-- table: (?P<call>[^\n]*?) -->", r"^<!-- end table -->$"
+_TABLE_OPEN = re.compile(_OPEN + "$", re.M)
+_TABLE_CLOSE = re.compile(_CLOSE, re.M)
 _TABLE_BLOCK = re.compile(
-    r"(?P<open>^<!-- table: (?P<call>[^\n]*?) -->\n)(?P<body>.*?)"
-    r"(?P<close>^<!-- end table -->$)", re.S | re.M)
+    rf"(?P<open>{_OPEN}\n)(?P<body>.*?)(?P<close>{_CLOSE})", re.S | re.M)
 
 
 def _table_call(call: str):
@@ -596,10 +596,9 @@ def table_markers(text: str) -> list[str]:
   without its end."""
   opens = list(_TABLE_OPEN.finditer(text))
   opened, closed = len(opens), len(_TABLE_CLOSE.findall(text))
-  blocks = list(_TABLE_BLOCK.finditer(text))
-  calls = [m["call"] for m in blocks]
-  nested = any(_TABLE_OPEN.search(m["body"]) for m in blocks)
-  if not opened == closed == len(calls) or nested:
+  calls = [m["call"] for m in _TABLE_BLOCK.finditer(text)]
+  # A nested or unclosed opening marker leaves fewer blocks than openings.
+  if not opened == closed == len(calls):
     line = 1 + text[:opens[-1].start()].count("\n") if opens else 0
     raise ValueError(
         f"{opened} table markers and {closed} end markers: every "
