@@ -8,11 +8,14 @@ most the run in progress; ``ResultLog.done`` lets a rerun skip finished runs.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import os
 import pathlib
+import socket
 import subprocess
+import uuid
 from typing import Any, Iterable, Mapping
 
 import pandas as pd
@@ -66,6 +69,8 @@ class ResultLog:
                        f"is {list(COLUMNS)}")
     self.common = dict(common)
     self._done: set[tuple[str, ...]] | None = None
+    self.claims_dir = self.path.with_name(self.path.name + ".claims")
+    self._token = uuid.uuid4().hex  # tells this log's claims from others'
 
   def read(self) -> pd.DataFrame:
     """All complete rows so far (a row cut short by a kill is dropped)."""
@@ -88,8 +93,7 @@ class ResultLog:
 
   def done(self, key: Mapping[str, Any]) -> bool:
     """Whether rows with these key columns are already in the file."""
-    full = {**self.common, **key}
-    return tuple(key_text(full.get(c)) for c in KEY_COLUMNS) in self._keys()
+    return self._key_tuple(key) in self._keys()
 
   def append(self, key: Mapping[str, Any],
              metrics: Iterable[tuple[str, Any, str]]) -> pd.DataFrame:
@@ -111,9 +115,100 @@ class ResultLog:
       os.fsync(fd)
     finally:
       os.close(fd)
-    self._keys().add(tuple(key_text({**self.common, **key}.get(c))
-                           for c in KEY_COLUMNS))
+    self._keys().add(self._key_tuple(key))
     return frame
+
+  def _key_tuple(self, key: Mapping[str, Any]) -> tuple[str, ...]:
+    full = {**self.common, **key}
+    return tuple(key_text(full.get(c)) for c in KEY_COLUMNS)
+
+  def claim_path(self, key: Mapping[str, Any]) -> pathlib.Path:
+    """The claim file of a run: <csv>.claims/<hash of its key columns>."""
+    digest = hashlib.sha1("\x1f".join(self._key_tuple(key)).encode())
+    return self.claims_dir / f"{digest.hexdigest()[:16]}.json"
+
+  def claim(self, key: Mapping[str, Any]) -> bool:
+    """Takes a run for this process, so that sweeps sharing the CSV split it.
+
+    Creates the run's claim file (exclusively) holding this host and pid,
+    then rereads the CSV. Returns False, leaving nothing behind, when the
+    run is already in the CSV (another sweep may have finished it since this
+    one last read) or another live process holds its claim. A claim left by
+    a process of this host that is gone (killed) is taken over; one from
+    another host is trusted until its file is deleted, since its pid cannot
+    be checked from here. Release it with ``release`` when the rows are
+    written or the run failed.
+    """
+    path = self.claim_path(key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = json.dumps({
+        "host": socket.gethostname(), "pid": os.getpid(),
+        "token": self._token, "key": dict(zip(KEY_COLUMNS, self._key_tuple(key))),
+        "since": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds")}, indent=1)
+    for _ in range(2):
+      try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+      except FileExistsError:
+        holder = claim_holder(path)
+        if holder is not None and not holder_alive(holder):
+          path.unlink(missing_ok=True)  # its process is gone: take it over
+          continue
+        return False
+      try:
+        os.write(fd, record.encode())
+      finally:
+        os.close(fd)
+      self._done = None  # reread: another sweep may have finished this run
+      if self.done(key):
+        path.unlink(missing_ok=True)
+        return False
+      return True
+    return False
+
+  def release(self, key: Mapping[str, Any]) -> None:
+    """Removes this log's claim on a run (no-op if it holds none)."""
+    path = self.claim_path(key)
+    holder = claim_holder(path)
+    if holder is not None and holder.get("token") == self._token:
+      path.unlink(missing_ok=True)
+
+  def claimed_by(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The live holder of a run's claim ({host, pid, token, since, key}),
+    or None."""
+    holder = claim_holder(self.claim_path(key))
+    return holder if holder is not None and holder_alive(holder) else None
+
+
+def claim_holder(path: str | os.PathLike) -> dict[str, Any] | None:
+  """The record of a claim file; {} for one being written or unreadable
+  (treated as live), None when there is no file."""
+  try:
+    text = pathlib.Path(path).read_text()
+  except FileNotFoundError:
+    return None
+  try:
+    record = json.loads(text)
+  except ValueError:
+    return {}
+  return record if isinstance(record, dict) else {}
+
+
+def holder_alive(holder: Mapping[str, Any]) -> bool:
+  """Whether a claim's process may still run: False only for a pid of this
+  host that no longer exists."""
+  if holder.get("host") != socket.gethostname():
+    return True
+  pid = holder.get("pid")
+  if not isinstance(pid, int) or pid <= 0:
+    return True
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
 
 
 def write_metadata(path: str | os.PathLike, values: Mapping[str, Any]) -> None:

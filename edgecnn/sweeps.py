@@ -19,6 +19,7 @@ import logging
 import os
 import pathlib
 import time
+import uuid
 from typing import Iterable, Iterator, Sequence
 
 import keras
@@ -86,6 +87,10 @@ class CloudLabeler:
     self.model, self.dataset, self.mode = model, dataset, mode
     self.cache = pathlib.Path(cache) if cache else None
     self.labels = np.full(len(dataset.x_train), -1, np.int64)
+    self._merge_cache()
+
+  def _merge_cache(self) -> None:
+    """Adds the labels on disk (another sweep may have written more)."""
     if self.cache and self.cache.exists():
       with np.load(self.cache) as z:
         self.labels[z["index"]] = z["label"]
@@ -100,8 +105,13 @@ class CloudLabeler:
           flip=self.dataset.info.flip, mode=self.mode)
       self.labels[missing] = labels
       if self.cache:
+        # Sweeps sharing the cache: keep what others wrote (the labels are
+        # the same deterministic predictions) and write through a file of
+        # this process's own, so one sweep never renames another's half file.
+        self._merge_cache()
         known = np.flatnonzero(self.labels >= 0)
-        tmp = self.cache.with_name(self.cache.name + ".tmp.npz")
+        tmp = self.cache.with_name(
+            f"{self.cache.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
         np.savez(tmp, index=known, label=self.labels[known])
         os.replace(tmp, self.cache)
     return self.labels[indices]
@@ -176,8 +186,8 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
                log: results.ResultLog) -> pd.DataFrame:
   """What a sweep would do, without training: one row per run.
 
-  Columns: seed, num_images, model, labels, done (rows already in ``log``)
-  and est_s, the median wall time of the runs in ``log`` with the same
+  Columns: seed, num_images, model, labels, done (rows already in ``log``),
+  running (another live sweep holds the run's claim) and est_s, the median wall time of the runs in ``log`` with the same
   dataset, preset, model, N, labels and condition (any seed; NaN where none
   has run yet), a planning aid for long grids.
   """
@@ -191,9 +201,10 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
     lookup = tuple(results.key_text(key.get(c)) for c in keep)
     out.append({"seed": seed, "num_images": n, "model": key["model"],
                 "labels": key["labels"], "done": log.done(key),
+                "running": log.claimed_by(key) is not None,
                 "est_s": medians.get(lookup, float("nan"))})
   return pd.DataFrame(out, columns=["seed", "num_images", "model", "labels",
-                                    "done", "est_s"])
+                                    "done", "running", "est_s"])
 
 
 def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
@@ -214,7 +225,11 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
   least ``checkpoint_min_images`` images checkpoint every epoch under it (one
   directory per run, named by its row key and the cloud model's hash) and
   a rerun resumes them, so a killed N=60,000 run loses at most one epoch; the
-  directory is removed when the run ends.
+  directory is removed when the run ends. Each run is claimed in ``log``
+  (``ResultLog.claim``) while it trains, so several sweeps started on the same
+  CSV and grid share the runs out instead of training any twice; a sweep
+  killed mid-run leaves its claim to be taken over by the next one started on
+  this host.
 
   Returns:
     The number of runs trained (not skipped).
@@ -236,52 +251,65 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
     if log.done(key):
       skipped += 1
       continue
-    if current != (seed, n):
-      current = (seed, n)
-      initial = data_lib.subset_split(n_all, n_initial, seed=seed)
-      split = data_lib.subset_split(n_all, n, seed=seed)
-      phase_labels = None
-    label_source = key["labels"]
-    extra = []
-    train_labels = None
-    if label_source != "true":
-      if phase_labels is None:
-        phase_labels = update_phase_labels(dataset, split, initial,
-                                           spec.labels, labeler)
-      train_labels, n_up, n_wrong = phase_labels
-      extra = [("uploaded_images", n_up, "images"),
-               ("wrong_cloud_labels", n_wrong, "images")]
-    keras.backend.clear_session()
-    keras.utils.set_random_seed(seed)
-    edge = models.build_edge_cnn_from_payload(
-        payloads[m], pretrained=pretrained,
-        kernel_initializer=spec.kernel_initializer, seed=seed,
-        head_pool=spec.head_pool)
-    name = f"{model_label(pretrained, m)} N={n} seed={seed}"
-    checkpoint_dir = None
-    if checkpoint_root is not None and n >= checkpoint_min_images:
-      checkpoint_dir = str(pathlib.Path(checkpoint_root) / (
-          f"{dataset.info.name}-{spec.preset}-{model_label(pretrained, m)}"
-          f"-N{n}-seed{seed}-{label_source}"
-          + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
-          + f"-{cloud_hash[:12]}"))
-    logger.info("training %s (%s labels)", name, label_source)
-    result = train_lib.train_and_evaluate(
-        edge, dataset, split, config, seed=seed,
-        train_labels=train_labels, label=name, trunk_cache=trunk_cache,
-        checkpoint_dir=checkpoint_dir,
-        tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
-            " ", "_")) if tensorboard_dir else None))
-    log.append(key, train_metrics(result) + extra)
-    logger.info("%s: test 10-crop %.4f centre %.4f, %d epochs, %.0f s, %s",
-                name, result.test_accuracy_10crop,
-                result.test_accuracy_center, result.epochs,
-                result.wall_time_s, result.stop_reason)
+    if not log.claim(key):
+      # Another sweep on this CSV finished the run or is running it.
+      holder = log.claimed_by(key)
+      logger.info("%s N=%d seed=%d: %s; skipping it",
+                  model_label(pretrained, m), n, seed,
+                  "finished by another sweep" if log.done(key) else
+                  f"another sweep holds it ({log.claim_path(key)}: "
+                  f"{holder or 'holder unknown'})")
+      skipped += 1
+      continue
+    try:
+      if current != (seed, n):
+        current = (seed, n)
+        initial = data_lib.subset_split(n_all, n_initial, seed=seed)
+        split = data_lib.subset_split(n_all, n, seed=seed)
+        phase_labels = None
+      label_source = key["labels"]
+      extra = []
+      train_labels = None
+      if label_source != "true":
+        if phase_labels is None:
+          phase_labels = update_phase_labels(dataset, split, initial,
+                                             spec.labels, labeler)
+        train_labels, n_up, n_wrong = phase_labels
+        extra = [("uploaded_images", n_up, "images"),
+                 ("wrong_cloud_labels", n_wrong, "images")]
+      keras.backend.clear_session()
+      keras.utils.set_random_seed(seed)
+      edge = models.build_edge_cnn_from_payload(
+          payloads[m], pretrained=pretrained,
+          kernel_initializer=spec.kernel_initializer, seed=seed,
+          head_pool=spec.head_pool)
+      name = f"{model_label(pretrained, m)} N={n} seed={seed}"
+      checkpoint_dir = None
+      if checkpoint_root is not None and n >= checkpoint_min_images:
+        checkpoint_dir = str(pathlib.Path(checkpoint_root) / (
+            f"{dataset.info.name}-{spec.preset}-{model_label(pretrained, m)}"
+            f"-N{n}-seed{seed}-{label_source}"
+            + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
+            + f"-{cloud_hash[:12]}"))
+      logger.info("training %s (%s labels)", name, label_source)
+      result = train_lib.train_and_evaluate(
+          edge, dataset, split, config, seed=seed,
+          train_labels=train_labels, label=name, trunk_cache=trunk_cache,
+          checkpoint_dir=checkpoint_dir,
+          tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
+              " ", "_")) if tensorboard_dir else None))
+      log.append(key, train_metrics(result) + extra)
+      logger.info("%s: test 10-crop %.4f centre %.4f, %d epochs, %.0f s, %s",
+                  name, result.test_accuracy_10crop,
+                  result.test_accuracy_center, result.epochs,
+                  result.wall_time_s, result.stop_reason)
+    finally:
+      log.release(key)
     trained += 1
     left = total - trained - skipped
     pace = (time.perf_counter() - start) / trained
-    logger.info("sweep: %d of %d runs done (%d of them from earlier "
-                "runs), %d left, ~%.0f min at this run's mean pace "
+    logger.info("sweep: %d of %d runs done (%d of them skipped: done "
+                "before or by another sweep), %d left, ~%.0f min at this run's mean pace "
                 "(larger N take longer)", trained + skipped, total,
                 skipped, left, left * pace / 60)
   return trained

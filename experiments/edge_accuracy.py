@@ -3,7 +3,9 @@ r"""EdgeCNN0-m vs EdgeCNN1-m accuracy over N and seeds (Tables 2-3, Figs. 7-9).
 Needs a CloudCNN from train_cloud. Appends one row per measured value to
 results/edge_accuracy.csv; rows already there are skipped, so rerunning the
 same command resumes a killed sweep. The N values run in the order given:
-put the most informative first.
+put the most informative first. Several copies of one command (or of
+overlapping grids) may run at once on the same CSV: each run is claimed while
+it trains (a file in <csv>.claims/), so they share the grid out.
 
   python -m experiments.edge_accuracy --dataset=fashion_mnist --preset=compact \
       --num_images=120,1200,240,600 --seeds=0,1,2
@@ -67,6 +69,7 @@ TEST_BOTH_WEIGHTS = flags.DEFINE_bool(
     "the same.")
 DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the sweep's runs, which are already in the CSV "
+    "(and which another sweep is training now, marked *) "
     "and an estimate of the time the rest take (the median wall time of the "
     "same model and N in the CSV, any seed), then exit without loading "
     "data or training.")
@@ -96,6 +99,8 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
   print(f"{log.path}: {len(plan)} runs in this sweep, {int(plan['done'].sum())} "
         f"already there, {len(todo)} to run.")
   if len(todo):
+    todo = todo.assign(model=todo["model"].where(~todo["running"],
+                                                 todo["model"] + "*"))
     groups = todo.groupby(["seed", "num_images"], sort=False)
     shown = groups.agg(
         runs=("model", lambda m: " ".join(m)),
@@ -108,6 +113,10 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
           "minutes per run)"
           + (f"; {len(todo) - len(known)} runs have no estimate."
              if len(known) < len(todo) else "."))
+    if todo["running"].any():
+      print(f"*: {int(todo['running'].sum())} runs are being trained by another "
+            f"sweep now (claims in {log.claims_dir}); this sweep would skip "
+            "them.")
   return plan
 
 

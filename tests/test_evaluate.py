@@ -159,6 +159,7 @@ def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
                       save_then_die)
   with pytest.raises(Kill):
     sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
+  assert not list(log.claims_dir.iterdir())  # released on the way out
   run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
                     f"{models.model_hash(cloud)[:12]}")
   assert seen == [None, str(run_dir)]  # N=20 is below the threshold
@@ -170,3 +171,41 @@ def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
   epochs = rows[(rows.num_images == 40) & (rows.metric == "epochs")].value
   assert epochs.tolist() == [4]  # 2 before the kill, 2 after the resume
   assert not run_dir.exists()  # removed when the run ended
+
+
+def test_sweeps_sharing_a_csv_skip_the_run_another_one_holds(setup, tmp_path):
+  cloud, ds = setup
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3,), labels="oracle")
+  path = tmp_path / "rows.csv"
+  other = results.ResultLog(path, {"experiment": "edge_accuracy"})
+  held = [key for *_, key in sweeps.sweep_runs("fashion_mnist", spec)
+          if key["num_images"] == 40 and not key["pretrained"]][0]
+  assert other.claim(held)  # as a second sweep training EdgeCNN0-3 N=40 would
+  log = results.ResultLog(path, {"experiment": "edge_accuracy"})
+  plan = sweeps.plan_sweep("fashion_mnist", spec, log)
+  assert plan["running"].tolist() == [False, False, False, True]
+  trained = sweeps.edge_accuracy_sweep(ds, cloud, spec,
+                                       train_lib.CONFIGS["quick"], log)
+  assert trained == 3
+  rows = pd.read_csv(path)
+  done = set(zip(rows.model, rows.num_images))
+  assert done == {("EdgeCNN1-3", 20), ("EdgeCNN0-3", 20), ("EdgeCNN1-3", 40)}
+  assert [p.name for p in log.claims_dir.iterdir()] == [
+      other.claim_path(held).name]  # its own claims released, the other kept
+  other.release(held)
+  assert sweeps.edge_accuracy_sweep(ds, cloud, spec,
+                                    train_lib.CONFIGS["quick"], log) == 1
+
+
+def test_labelers_sharing_a_cache_keep_each_others_labels(setup, tmp_path):
+  cloud, ds = setup
+  cache = tmp_path / "train_labels_ten_crop.npz"
+  first = sweeps.CloudLabeler(cloud, ds, cache=cache)
+  second = sweeps.CloudLabeler(cloud, ds, cache=cache)  # read the same empty state
+  a, b = np.arange(0, 6), np.arange(6, 12)
+  la, lb = first(a), second(b)  # the second write must not drop the first's
+  fresh = sweeps.CloudLabeler(cloud, ds, cache=cache)
+  assert (fresh.labels[a] == la).all() and (fresh.labels[b] == lb).all()
+  assert (fresh.labels[12:] == -1).all()
+  assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]

@@ -8,6 +8,7 @@ import sys
 import pandas as pd
 import pytest
 
+from edgecnn import results
 from tests.conftest import write_mnist_like
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,9 +80,10 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   args = [*common, "--num_images=20,40", "--seeds=0", "--shared=3",
           f"--results_csv={csv}"]
   first = run("edge_accuracy", *args, cwd=root)
-  assert "sweep: 1 of 4 runs done (0 of them from earlier runs), 3 left" \
+  skipped = "(0 of them skipped: done before or by another sweep)"
+  assert f"sweep: 1 of 4 runs done {skipped}, 3 left" \
       in first.stderr
-  assert "sweep: 4 of 4 runs done (0 of them from earlier runs), 0 left" \
+  assert f"sweep: 4 of 4 runs done {skipped}, 0 left" \
       in first.stderr
   rows = pd.read_csv(csv)
   acc = rows[rows.metric == "test_accuracy_10crop"]
@@ -113,6 +115,20 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert "2 runs have no estimate" in plan.stdout
   assert "training EdgeCNN" not in plan.stderr
   assert len(pd.read_csv(csv)) == len(rows)
+  # A run another sweep is training now is marked, with where its claim is.
+  holder = results.ResultLog(csv, {"experiment": "edge_accuracy"})
+  key = {"dataset": "mnist", "preset": "compact",
+         "model": "EdgeCNN0-3", "num_shared": 3, "pretrained": False,
+         "labels": "true", "num_images": 60, "seed": 0}
+  assert holder.claim(key)
+  plan = run("edge_accuracy", *common, "--num_images=20,40,60", "--seeds=0",
+             "--shared=3", f"--results_csv={csv}", "--dry_run",
+             "--cloud_dir=/nonexistent", "--data_dir=/nonexistent", cwd=root)
+  holder.release(key)
+  lines = [l.split() for l in plan.stdout.splitlines()]
+  assert ["0", "60", "EdgeCNN1-3", "EdgeCNN0-3*", "?"] in lines
+  assert ("1 runs are being trained by another sweep now (claims in "
+          f"{csv}.claims)") in plan.stdout
   # The head ablation is a separate condition: trained, not taken for done.
   run("edge_accuracy", *common, "--num_images=20", "--seeds=0",
       "--shared=3", "--models=edgecnn1", "--head_pool=paper",

@@ -1,5 +1,9 @@
 import dataclasses
 import json
+import os
+import socket
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -87,3 +91,67 @@ def test_plan_sweep_marks_done_runs_and_estimates_from_other_seeds(tmp_path):
   other = dataclasses.replace(spec, head_pool="paper")
   ablation = sweeps.plan_sweep("mnist", other, log)
   assert not ablation["done"].any() and ablation["est_s"].isna().all()
+
+
+def _claim_file(log, key, **record):
+  path = log.claim_path(key)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(record))
+  return path
+
+
+def test_a_claim_is_exclusive_until_released(tmp_path):
+  path = tmp_path / "r.csv"
+  first = results.ResultLog(path, {"experiment": "e"})
+  second = results.ResultLog(path, {"experiment": "e"})
+  assert first.claim(KEY)
+  assert first.claim_path(KEY).parent == tmp_path / "r.csv.claims"
+  assert not second.claim(KEY)
+  holder = second.claimed_by(KEY)
+  assert holder["pid"] == os.getpid() and holder["key"]["num_images"] == "120"
+  assert second.claim({**KEY, "seed": 1})  # another run is free
+  second.release(KEY)  # not its claim: stays
+  assert first.claim_path(KEY).exists()
+  first.release(KEY)
+  assert not first.claim_path(KEY).exists() and second.claimed_by(KEY) is None
+  assert second.claim(KEY)
+
+
+def test_a_claim_of_a_finished_run_is_refused_and_left_nowhere(tmp_path):
+  path = tmp_path / "r.csv"
+  stale_view = results.ResultLog(path, {"experiment": "e"})
+  assert not stale_view.done(KEY)  # reads (and caches) the empty file
+  results.ResultLog(path, {"experiment": "e"}).append(KEY, [("a", 1, "u")])
+  assert not stale_view.claim(KEY)  # it rereads before training
+  assert stale_view.done(KEY)
+  assert not stale_view.claim_path(KEY).exists()
+
+
+def test_a_dead_process_claim_is_taken_over_and_a_live_one_kept(tmp_path):
+  log = results.ResultLog(tmp_path / "r.csv", {"experiment": "e"})
+  gone = subprocess.Popen([sys.executable, "-c", "pass"])
+  gone.wait()
+  _claim_file(log, KEY, host=socket.gethostname(), pid=gone.pid)
+  assert log.claimed_by(KEY) is None
+  assert log.claim(KEY)
+  assert json.loads(log.claim_path(KEY).read_text())["pid"] == os.getpid()
+  other = {**KEY, "seed": 1}
+  alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+  try:
+    _claim_file(log, other, host=socket.gethostname(), pid=alive.pid)
+    assert not log.claim(other)
+    assert log.claimed_by(other)["pid"] == alive.pid
+  finally:
+    alive.kill()
+    alive.wait()
+  assert log.claim(other)  # its holder is gone now
+
+
+def test_another_hosts_or_an_unreadable_claim_is_trusted(tmp_path):
+  log = results.ResultLog(tmp_path / "r.csv", {"experiment": "e"})
+  _claim_file(log, KEY, host="not-" + socket.gethostname(), pid=1)
+  assert not log.claim(KEY)
+  log.claim_path({**KEY, "seed": 1}).write_text("{half-writ")
+  assert not log.claim({**KEY, "seed": 1})
+  log.claim_path(KEY).unlink()  # what the docstring tells a user to do
+  assert log.claim(KEY)
