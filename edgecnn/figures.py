@@ -29,6 +29,17 @@ def paper_values() -> pd.DataFrame:
     return pd.read_csv(f, keep_default_na=False)
 
 
+def paper_value(paper: pd.DataFrame, metric: str, dataset: str, model: str,
+                n: int | None = None) -> float | None:
+  """One number of ``paper_values()`` (at N=``n`` if given), or None if the
+  paper does not state it."""
+  row = paper[(paper.metric == metric) & (paper.dataset == dataset)
+              & (paper.model == model)]
+  if n is not None:
+    row = row[row.num_images.astype(str) == str(n)]
+  return float(row.value.iloc[0]) if not row.empty else None
+
+
 def load(results_dir: str | os.PathLike, name: str) -> pd.DataFrame | None:
   """results_dir/<name>.csv with numeric values, or None if absent."""
   path = pathlib.Path(results_dir) / f"{name}.csv"
@@ -521,7 +532,6 @@ def training_time_table(results_dir, *, preset: str = "compact",
     return f"No {name}.csv yet.\n"
   rows = _plain(frame, preset)
   paper = paper_values()
-  paper = paper[paper.metric == "training_time_reduction"]
   lines = ["| dataset | N | m | EdgeCNN1: s (epochs; s/epoch) | "
            "EdgeCNN0: s (epochs; s/epoch) | to the stop, ours | "
            "per epoch, ours | seeds | paper |",
@@ -542,14 +552,14 @@ def training_time_table(results_dir, *, preset: str = "compact",
     ratio = {metric: _paired(stats[one][metric], stats[zero][metric],
                              lambda x, y: (x - y) / y)
              for metric in ("wall_time", "time_per_epoch")}
-    theirs = paper[(paper.dataset == d) & (paper.model == f"{one} vs {zero}")
-                   & (paper.num_images.astype(str) == str(n))]
+    theirs = paper_value(paper, "training_time_reduction", d,
+                         f"{one} vs {zero}", n)
     lines.append(
         f"| {DATASET_TITLES.get(d, d)} | {n} | {m} | {cells[0]} | {cells[1]} "
         f"| {ratio['wall_time'].median():+.1%} | "
         f"{ratio['time_per_epoch'].median():+.1%} | "
         f"{len(ratio['wall_time'])} | "
-        f"{'' if theirs.empty else f'{float(theirs.value.iloc[0]):+.2%}'} |")
+        f"{'' if theirs is None else f'{theirs:+.2%}'} |")
   if len(lines) == 2:
     return (f"No {preset}-preset pair of EdgeCNN1-m and EdgeCNN0-m in "
             f"{name}.csv yet.\n")
@@ -748,28 +758,17 @@ def headline_table(results_dir, preset: str = "compact") -> str:
   paper = paper_values()
   lines = ["| claim | paper | ours | from |", "|---|---|---|---|"]
 
-  def paper_value(metric, dataset, model, n=None):
-    row = paper[(paper.metric == metric) & (paper.dataset == dataset)
-                & (paper.model == model)]
-    if n is not None:
-      row = row[row.num_images.astype(str) == str(n)]
-    return float(row.value.iloc[0]) if not row.empty else None
-
-  def table_value(dataset, model, n):
-    row = paper[(paper.metric == "test_accuracy_10crop")
-                & (paper.dataset == dataset) & (paper.model == model)
-                & (paper.num_images.astype(str) == str(n))]
-    return float(row.value.iloc[0]) if not row.empty else None
-
   edge = load(results_dir, "edge_accuracy")
   edge = _plain(edge, preset) if edge is not None else None
   gaps = [("mnist", 3, 120), ("fashion_mnist", 3, 120), ("cifar10", 10, 500),
           ("mnist", 3, 60000)]
   for dataset, m, n in gaps:
     one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
-    theirs = paper_value("accuracy_gain", dataset, f"{one} vs {zero}", n)
+    theirs = paper_value(paper, "accuracy_gain", dataset, f"{one} vs {zero}",
+                         n)
     if theirs is None:
-      a, b = table_value(dataset, one, n), table_value(dataset, zero, n)
+      a, b = (paper_value(paper, "test_accuracy_10crop", dataset, model, n)
+              for model in (one, zero))
       theirs = a - b if a is not None and b is not None else None
     ours = ("not yet run" if edge is None else _fmt_points(_paired(
         _per_seed(edge, dataset, one, n), _per_seed(edge, dataset, zero, n),
@@ -777,7 +776,7 @@ def headline_table(results_dir, preset: str = "compact") -> str:
     lines.append(f"| {DATASET_TITLES[dataset]}, {one} - {zero}, N={n:,} | "
                  f"{100 * theirs:+.2f} points | {ours} | edge_accuracy.csv |")
   for model in ("EdgeCNN1-3", "EdgeCNN0-3"):
-    theirs = paper_value("accuracy_gain_100_to_5000", "cifar10", model)
+    theirs = paper_value(paper, "accuracy_gain_100_to_5000", "cifar10", model)
     ours = ("not yet run" if edge is None else _fmt_points(_paired(
         _per_seed(edge, "cifar10", model, 5000),
         _per_seed(edge, "cifar10", model, 100), lambda x, y: x - y)))
