@@ -15,6 +15,7 @@ import os
 import pathlib
 import socket
 import subprocess
+import time
 import uuid
 from typing import Any, Iterable, Mapping
 
@@ -143,15 +144,15 @@ class ResultLog:
     path.parent.mkdir(parents=True, exist_ok=True)
     record = json.dumps({
         "host": socket.gethostname(), "pid": os.getpid(),
-        "token": self._token, "key": dict(zip(KEY_COLUMNS, self._key_tuple(key))),
+        "token": self._token,
+        "key": dict(zip(KEY_COLUMNS, self._key_tuple(key))),
         "since": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")}, indent=1)
     for _ in range(2):
       try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
       except FileExistsError:
-        holder = claim_holder(path)
-        if holder is not None and not holder_alive(holder):
+        if live_holder(path) is None:
           path.unlink(missing_ok=True)  # its process is gone: take it over
           continue
         return False
@@ -176,13 +177,17 @@ class ResultLog:
   def claimed_by(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
     """The live holder of a run's claim ({host, pid, token, since, key}),
     or None."""
-    holder = claim_holder(self.claim_path(key))
-    return holder if holder is not None and holder_alive(holder) else None
+    return live_holder(self.claim_path(key))
+
+
+# A claim file that cannot be read is one being written (live) or one whose
+# writer was killed between creating and writing it (stale after this long).
+UNREADABLE_CLAIM_STALE_S = 60.0
 
 
 def claim_holder(path: str | os.PathLike) -> dict[str, Any] | None:
-  """The record of a claim file; {} for one being written or unreadable
-  (treated as live), None when there is no file."""
+  """The record of a claim file; {} for one being written or unreadable,
+  None when there is no file."""
   try:
     text = pathlib.Path(path).read_text()
   except FileNotFoundError:
@@ -192,6 +197,22 @@ def claim_holder(path: str | os.PathLike) -> dict[str, Any] | None:
   except ValueError:
     return {}
   return record if isinstance(record, dict) else {}
+
+
+def live_holder(path: str | os.PathLike) -> dict[str, Any] | None:
+  """The record of a claim whose process may still run, or None when there
+  is no claim, its process is gone, or it is unreadable and older than
+  UNREADABLE_CLAIM_STALE_S."""
+  holder = claim_holder(path)
+  if holder is None:
+    return None
+  if not holder:
+    try:
+      age = time.time() - os.stat(path).st_mtime
+    except FileNotFoundError:
+      return None
+    return holder if age < UNREADABLE_CLAIM_STALE_S else None
+  return holder if holder_alive(holder) else None
 
 
 def holder_alive(holder: Mapping[str, Any]) -> bool:

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
@@ -147,11 +148,16 @@ def test_a_dead_process_claim_is_taken_over_and_a_live_one_kept(tmp_path):
   assert log.claim(other)  # its holder is gone now
 
 
-def test_another_hosts_or_an_unreadable_claim_is_trusted(tmp_path):
+def test_another_hosts_or_a_fresh_unreadable_claim_is_trusted(tmp_path):
   log = results.ResultLog(tmp_path / "r.csv", {"experiment": "e"})
   _claim_file(log, KEY, host="not-" + socket.gethostname(), pid=1)
   assert not log.claim(KEY)
-  log.claim_path({**KEY, "seed": 1}).write_text("{half-writ")
+  half = log.claim_path({**KEY, "seed": 1})
+  half.write_text("{half-writ")  # being written, or its writer was killed
   assert not log.claim({**KEY, "seed": 1})
+  old = time.time() - results.UNREADABLE_CLAIM_STALE_S - 1
+  os.utime(half, (old, old))
+  assert log.claimed_by({**KEY, "seed": 1}) is None
+  assert log.claim({**KEY, "seed": 1})  # a killed writer's: taken over
   log.claim_path(KEY).unlink()  # what the docstring tells a user to do
   assert log.claim(KEY)
