@@ -3,7 +3,8 @@ the image (4 corners + centre) and the standard 10 crops (with mirrors).
 
 MNIST digits change class under a mirror, so edgecnn trains MNIST without
 flips and tests it on 5 crops; this measures that choice against the other
-two. Rows go to results/crop_protocols.csv.
+two. Rows go to results/crop_protocols.csv, the flags beside it; a rerun
+with the rows already there does nothing.
 
   python -m experiments.crop_protocols --dataset=mnist
 """
@@ -23,14 +24,19 @@ def main(argv):
   common.reject_args(argv)
   common.setup_logging()
   dataset = common.load_dataset()
-  directory = common.cloud_directory(dataset.info.name)
-  model = cloud_model.load_cloud(directory)
-  crop = model.input_shape[1]
   log = common.result_log("crop_protocols")
   key = {"dataset": dataset.info.name, "preset": common.PRESET.value,
          "model": "CloudCNN", "num_shared": 15, "pretrained": "",
          "labels": "true", "num_images": len(dataset.x_test),
          "seed": common.CLOUD_SEED.value}
+  if log.done(key):
+    logging.info("%s: already in %s; delete those rows to measure again",
+                 dataset.info.name, log.path)
+    return
+  common.save_flags(log, f"{dataset.info.name}-{common.PRESET.value}")
+  directory = common.cloud_directory(dataset.info.name)
+  model = cloud_model.load_cloud(directory)
+  crop = model.input_shape[1]
   metrics = []
   for name, mode, flip in (("center", "center", False),
                            ("five_crop", "ten_crop", False),

@@ -230,6 +230,11 @@ def test_crop_protocols_rows(workspace):
   assert sorted(rows.metric) == ["test_accuracy_center", "test_accuracy_five_crop",
                                  "test_accuracy_ten_crop_with_mirrors"]
   assert rows.value.between(0, 1).all()
+  flags_file = root / "results" / "crop_protocols.mnist-compact.flags.json"
+  assert json.loads(flags_file.read_text())["dataset"] == "mnist"
+  again = run("crop_protocols", *common, f"--results_csv={csv}", cwd=root)
+  assert "already in" in again.stderr
+  assert len(pd.read_csv(csv)) == 3  # measured once
 
 
 def test_schedule_flags_override_the_named_config():
