@@ -315,6 +315,75 @@ def accuracy_table(results_dir, dataset: str, *, preset: str = "compact",
                             "one seed); [paper].\n"
 
 
+def bar_table(results_dir, dataset: str, *, preset: str = "compact",
+              name: str = "edge_accuracy") -> str:
+  """The issue's bar as Markdown: EdgeCNN1-m minus the paper's cell, per N.
+
+  Each cell is ours (mean over seeds) minus the paper's Table 2/3 value, in
+  points, with the number of seeds; only the N where both exist. Below the
+  table: how many cells are at or above the paper, which are below, and the
+  gap EdgeCNN1-m - EdgeCNN0-m at the smallest N (paired per seed) beside the
+  paper's.
+
+  Args:
+    results_dir: directory of the result CSVs.
+    dataset: mnist, fashion_mnist or cifar10.
+    preset: whose rows are ours.
+    name: the CSV's stem.
+  """
+  edge = load(results_dir, name)
+  if edge is None or edge.empty:
+    return f"No {name}.csv yet.\n"
+  summary = accuracy_summary(edge, dataset, preset=preset)
+  paper = _paper_accuracy(dataset)
+  cells, ns = {}, set()
+  for m in (3, 5, 10):
+    model = f"EdgeCNN1-{m}"
+    for r in summary[summary.model == model].itertuples():
+      theirs = paper_value(paper, "test_accuracy_10crop", dataset, model,
+                           int(r.num_images))
+      if theirs is not None:
+        cells[model, int(r.num_images)] = (r.mean - theirs, int(r.n))
+        ns.add(int(r.num_images))
+  if not cells:
+    return (f"No {preset}-preset EdgeCNN1 row of {dataset} in {name}.csv at "
+            "an N where the paper gives EdgeCNN1's accuracy (Tables 2-3: "
+            "MNIST and Fashion-MNIST).\n")
+  ns = sorted(ns)
+  lines = ["| model | " + " | ".join(f"{n:,}" for n in ns) + " |",
+           "|---|" + "---|" * len(ns)]
+  for m in (3, 5, 10):
+    model = f"EdgeCNN1-{m}"
+    row = [f"{100 * cells[model, n][0]:+.2f} (n={cells[model, n][1]})"
+           if (model, n) in cells else "–" for n in ns]
+    lines.append(f"| {model} | " + " | ".join(row) + " |")
+  below = [(model, n, d, k) for (model, n), (d, k) in sorted(
+      cells.items(), key=lambda c: (_model_order(c[0][0]), c[0][1])) if d < 0]
+  text = ["", f"At or above the paper: {len(cells) - len(below)} of "
+          f"{len(cells)} cells" + (
+              "." if not below else "; below: " + ", ".join(
+                  f"{model} at N={n:,} ({100 * d:+.2f}, n={k})"
+                  for model, n, d, k in below) + ".")]
+  n0 = min(int(n) for n in summary.num_images) if len(summary) else None
+  gaps = []
+  for m in (3, 5, 10):
+    one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
+    diffs = _paired(_per_seed(_plain(edge, preset), dataset, one, n0),
+                    _per_seed(_plain(edge, preset), dataset, zero, n0),
+                    lambda x, y: x - y)
+    a, b = (paper_value(paper, "test_accuracy_10crop", dataset, model, n0)
+            for model in (one, zero))
+    if diffs.empty:
+      continue
+    theirs = "" if a is None or b is None else f" (paper {100 * (a - b):+.2f})"
+    gaps.append(f"m={m} {_fmt_points(diffs)}{theirs}")
+  if gaps:
+    text.append(f"Gap EdgeCNN1-m - EdgeCNN0-m at N={n0:,}, paired per seed: "
+                + "; ".join(gaps) + ".")
+  return "\n".join(lines) + "\n\nOurs (mean over seeds) minus the paper, " \
+      "points; n seeds.\n" + "\n".join(text) + "\n"
+
+
 def _mean_std(values: pd.Series, sign: str = "") -> str:
   """Percent mean, with ±std when there is more than one value."""
   spread = f"±{100 * values.std():.2f}" if len(values) > 1 else ""
@@ -569,8 +638,9 @@ def training_time_table(results_dir, *, preset: str = "compact",
 
 # The tables a document may embed between markers (refresh_tables); each is
 # called with the results directory first.
-DOC_TABLES = ("accuracy_table", "headline_table", "weights_table",
-              "ablation_table", "preset_table", "training_time_table")
+DOC_TABLES = ("accuracy_table", "bar_table", "headline_table",
+              "weights_table", "ablation_table", "preset_table",
+              "training_time_table")
 # Markers are whole lines, so prose may quote them.
 _OPEN, _CLOSE = r"^<!-- table: (?P<call>[^\n]*?) -->", r"^<!-- end table -->$"
 _TABLE_OPEN = re.compile(_OPEN + "$", re.M)
@@ -692,6 +762,10 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
             f"## {DATASET_TITLES[d]}: top-1 test accuracy (%), 10-crop"
             f"{'' if p == 'compact' else f', {p} preset'}\n\n"
             + accuracy_table(results_dir, d, preset=p))
+  for d in ("mnist", "fashion_mnist"):
+    sections.append(f"## {DATASET_TITLES[d]}: EdgeCNN1 against the paper's "
+                    "cells, and the gap at the smallest N\n\n"
+                    + bar_table(results_dir, d))
   for p in others:
     for d in datasets:
       if not edge[(edge.preset == p) & (edge.dataset == d)].empty:

@@ -127,6 +127,7 @@ def test_plot_command_writes_every_png(results_dir, tmp_path):
   tables = (out / "tables.md").read_text()
   assert "EdgeCNN1-3" in tables and "[83.12]" in tables  # paper, MNIST N=120
   assert "±" in tables
+  assert figures.bar_table(results_dir, "fashion_mnist") in tables
 
 
 def test_accuracy_table_mean_and_std_over_seeds(results_dir):
@@ -396,3 +397,33 @@ def test_reproduction_report_markers_name_known_tables():
       (ROOT / "results" / "REPRODUCTION.md").read_text())
   assert any(c.startswith("accuracy_table('fashion_mnist'") for c in calls)
   assert "headline_table()" in calls
+
+
+def test_bar_table_is_ours_minus_the_paper_per_cell(results_dir):
+  table = figures.bar_table(results_dir, "mnist")
+  paper = figures.paper_values()
+
+  def theirs(model, n):
+    return figures.paper_value(paper, "test_accuracy_10crop", "mnist", model,
+                               n)
+
+  def ours(n):  # the fixture's EdgeCNN1-m: 0.7 + N/10000 + seed/100, seeds 0-1
+    return 0.7 + n / 10000 + 0.005
+
+  header, _, *rows = table.splitlines()[:5]
+  assert header == "| model | 120 | 1,200 |"
+  for m, row in zip((3, 5, 10), rows):
+    cells = [f"{100 * (ours(n) - theirs(f'EdgeCNN1-{m}', n)):+.2f} (n=2)"
+             for n in (120, 1200)]
+    assert row == f"| EdgeCNN1-{m} | " + " | ".join(cells) + " |"
+  below = [(m, n) for m in (3, 5, 10) for n in (120, 1200)
+           if ours(n) < theirs(f"EdgeCNN1-{m}", n)]
+  assert below  # the fixture's cells are under the paper's
+  assert (f"At or above the paper: {6 - len(below)} of 6 cells; below: "
+          f"EdgeCNN1-{below[0][0]} at N={below[0][1]:,} (") in table
+  gap = 100 * (theirs("EdgeCNN1-3", 120) - theirs("EdgeCNN0-3", 120))
+  assert f"m=3 +10.00 ± 0.00 points (n=2) (paper {gap:+.2f})" in table
+  assert "No compact-preset EdgeCNN1 row of cifar10" in figures.bar_table(
+      results_dir, "cifar10")
+  assert "No nothing.csv yet" in figures.bar_table(results_dir, "mnist",
+                                                   name="nothing")
