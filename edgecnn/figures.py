@@ -364,13 +364,13 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
               "." if not below else "; below: " + ", ".join(
                   f"{model} at N={n:,} ({100 * d:+.2f}, n={k})"
                   for model, n, d, k in below) + ".")]
-  n0 = min(int(n) for n in summary.num_images) if len(summary) else None
+  n0 = int(summary.num_images.min())  # not empty: cells came from it
+  plain = _plain(edge, preset)
   gaps = []
   for m in (3, 5, 10):
     one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
-    diffs = _paired(_per_seed(_plain(edge, preset), dataset, one, n0),
-                    _per_seed(_plain(edge, preset), dataset, zero, n0),
-                    lambda x, y: x - y)
+    diffs = _paired(_per_seed(plain, dataset, one, n0),
+                    _per_seed(plain, dataset, zero, n0), lambda x, y: x - y)
     a, b = (paper_value(paper, "test_accuracy_10crop", dataset, model, n0)
             for model in (one, zero))
     if diffs.empty:
