@@ -243,11 +243,10 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
   payloads = {m: models.export_shared_layers(cloud, m) for m in spec.shared}
   cloud_hash = models.model_hash(cloud)
   trained = skipped = 0
-  total = (len(spec.seeds) * len(spec.num_images) * len(spec.shared)
-           * len(spec.models))
+  runs = list(sweep_runs(dataset.info.name, spec))
   start = time.perf_counter()
   current = None  # (seed, N) whose split and update-phase labels are held
-  for seed, n, m, pretrained, key in sweep_runs(dataset.info.name, spec):
+  for i, (seed, n, m, pretrained, key) in enumerate(runs):
     if log.done(key):
       skipped += 1
       continue
@@ -306,12 +305,14 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
     finally:
       log.release(key)
     trained += 1
-    left = total - trained - skipped
+    # Later runs already in the CSV (as far as this sweep has read it) will
+    # be skipped, so they are not left.
+    left = sum(not log.done(k) for *_, k in runs[i + 1:])
     pace = (time.perf_counter() - start) / trained
     logger.info("sweep: %d of %d runs done (%d of them skipped: done "
-                "before or by another sweep), %d left, ~%.0f min at this run's mean pace "
-                "(larger N take longer)", trained + skipped, total,
-                skipped, left, left * pace / 60)
+                "before or by another sweep), %d left, ~%.0f min at this "
+                "run's mean pace (larger N take longer)", trained + skipped,
+                len(runs), skipped, left, left * pace / 60)
   return trained
 
 

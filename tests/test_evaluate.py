@@ -1,5 +1,7 @@
 """evaluate.TrunkCache: EdgeCNN1's frozen-trunk features reused across runs."""
 
+import logging
+
 import keras
 import numpy as np
 import pandas as pd
@@ -209,3 +211,19 @@ def test_labelers_sharing_a_cache_keep_each_others_labels(setup, tmp_path):
   assert (fresh.labels[a] == la).all() and (fresh.labels[b] == lb).all()
   assert (fresh.labels[12:] == -1).all()
   assert sorted(p.name for p in tmp_path.iterdir()) == [cache.name]
+
+
+def test_sweep_progress_does_not_count_later_finished_runs_as_left(
+    setup, tmp_path, caplog):
+  cloud, ds = setup
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3,), labels="oracle", models=(False,))
+  log = results.ResultLog(tmp_path / "rows.csv",
+                          {"experiment": "edge_accuracy"})
+  *_, last = list(sweeps.sweep_runs("fashion_mnist", spec))[-1]
+  log.append(last, [("test_accuracy_10crop", 0.5, "fraction")])
+  with caplog.at_level(logging.INFO, logger="edgecnn"):
+    assert sweeps.edge_accuracy_sweep(ds, cloud, spec,
+                                      train_lib.CONFIGS["quick"], log) == 1
+  assert "sweep: 1 of 2 runs done (0 of them skipped: done before or by " \
+         "another sweep), 0 left" in caplog.text
