@@ -187,9 +187,10 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
   """What a sweep would do, without training: one row per run.
 
   Columns: seed, num_images, model, labels, done (rows already in ``log``),
-  running (another live sweep holds the run's claim) and est_s, the median wall time of the runs in ``log`` with the same
-  dataset, preset, model, N, labels and condition (any seed; NaN where none
-  has run yet), a planning aid for long grids.
+  running (another live sweep holds the run's claim) and est_s, the median
+  wall time of the runs in ``log`` with the same dataset, preset, model, N,
+  labels and condition (any seed; NaN where none has run yet), a planning
+  aid for long grids.
   """
   rows = log.read()
   walls = rows[rows["metric"] == "wall_time"]

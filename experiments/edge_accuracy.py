@@ -114,9 +114,9 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
           + (f"; {len(todo) - len(known)} runs have no estimate."
              if len(known) < len(todo) else "."))
     if todo["running"].any():
-      print(f"*: {int(todo['running'].sum())} runs are being trained by another "
-            f"sweep now (claims in {log.claims_dir}); this sweep would skip "
-            "them.")
+      held = int(todo["running"].sum())
+      print(f"*: {held} runs are being trained by another sweep now (claims "
+            f"in {log.claims_dir}); this sweep would skip them.")
   return plan
 
 
