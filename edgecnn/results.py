@@ -8,6 +8,7 @@ most the run in progress; ``ResultLog.done`` lets a rerun skip finished runs.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import hashlib
 import io
 import json
@@ -148,24 +149,18 @@ class ResultLog:
         "key": dict(zip(KEY_COLUMNS, self._key_tuple(key))),
         "since": datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")}, indent=1)
-    for _ in range(2):
-      try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-      except FileExistsError:
-        if live_holder(path) is None:
-          path.unlink(missing_ok=True)  # its process is gone: take it over
-          continue
-        return False
-      try:
-        os.write(fd, record.encode())
-      finally:
-        os.close(fd)
-      self._done = None  # reread: another sweep may have finished this run
-      if self.done(key):
-        path.unlink(missing_ok=True)
-        return False
-      return True
-    return False
+    fd = _create_claim(path)
+    if fd is None:
+      return False
+    try:
+      os.write(fd, record.encode())
+    finally:
+      os.close(fd)
+    self._done = None  # reread: another sweep may have finished this run
+    if self.done(key):
+      path.unlink(missing_ok=True)
+      return False
+    return True
 
   def release(self, key: Mapping[str, Any]) -> None:
     """Removes this log's claim on a run (no-op if it holds none)."""
@@ -183,6 +178,37 @@ class ResultLog:
 # A claim file that cannot be read is one being written (live) or one whose
 # writer was killed between creating and writing it (stale after this long).
 UNREADABLE_CLAIM_STALE_S = 60.0
+
+
+_CLAIM_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+def _create_claim(path: pathlib.Path) -> int | None:
+  """Creates a claim file exclusively, taking over a stale one; returns its
+  descriptor, or None when a live process holds the claim.
+
+  Takeovers (judge the holder, delete its file, create ours) run under an
+  flock of the claims directory, so two sweeps of this host that find the same
+  dead claim at once cannot both delete and recreate it (the second would
+  delete the first's fresh claim). A sweep that needs no takeover creates
+  the file without the lock; the exclusive create keeps that safe.
+  """
+  try:
+    return os.open(path, _CLAIM_FLAGS, 0o644)
+  except FileExistsError:
+    pass
+  lock = os.open(path.parent, os.O_RDONLY)
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if live_holder(path) is not None:
+      return None
+    path.unlink(missing_ok=True)  # its process is gone: take it over
+    try:
+      return os.open(path, _CLAIM_FLAGS, 0o644)
+    except FileExistsError:
+      return None  # created meanwhile by a sweep that needed no takeover
+  finally:
+    os.close(lock)  # releases the lock
 
 
 def claim_holder(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -146,6 +147,43 @@ def test_a_dead_process_claim_is_taken_over_and_a_live_one_kept(tmp_path):
     alive.kill()
     alive.wait()
   assert log.claim(other)  # its holder is gone now
+
+
+def test_two_sweeps_taking_over_one_dead_claim_at_once_get_it_once(
+    tmp_path, monkeypatch):
+  gone = subprocess.Popen([sys.executable, "-c", "pass"])
+  gone.wait()
+  first = results.ResultLog(tmp_path / "r.csv", {"experiment": "e"})
+  second = results.ResultLog(tmp_path / "r.csv", {"experiment": "e"})
+  _claim_file(first, KEY, host=socket.gethostname(), pid=gone.pid)
+  judged, second_done = threading.Event(), threading.Event()
+  real = results.live_holder
+
+  def slow_judge(path):
+    holder = real(path)
+    if threading.current_thread().name == "first" and not judged.is_set():
+      # The first sweep has found the claim dead; the second tries now.
+      judged.set()
+      second_done.wait(timeout=2)  # unlocked, the second finishes meanwhile
+    return holder
+
+  monkeypatch.setattr(results, "live_holder", slow_judge)
+  got = {}
+
+  def take(name, log):
+    got[name] = log.claim(KEY)
+
+  a = threading.Thread(target=take, args=("first", first), name="first")
+  a.start()
+  assert judged.wait(timeout=30)
+  take("second", second)  # waits for the first's takeover to end
+  second_done.set()
+  a.join(timeout=30)
+  assert got == {"first": True, "second": False}
+  assert json.loads(first.claim_path(KEY).read_text())["token"] == \
+      first._token
+  first.release(KEY)
+  assert second.claim(KEY)
 
 
 def test_another_hosts_or_a_fresh_unreadable_claim_is_trusted(tmp_path):
