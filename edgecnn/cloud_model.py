@@ -8,6 +8,13 @@ A trained cloud model lives in one directory::
   <dir>/shared_m{m}.bin         shared-layers payloads (Alg. 1, step 1)
   <dir>/saved_model/cloud_cnn/1 SavedModel for TensorFlow Serving
   <dir>/train_result.json       what training measured
+  <dir>/train_labels_<mode>.npz CloudCNN's labels of training images
+                                (sweeps.CloudLabeler's cache)
+
+A copy of the directory without the weights and SavedModel (a few MB) is
+enough for an edge_accuracy sweep whose update-phase labels are all in the
+label cache (``edge_accuracy --label_only`` fills it where the weights are):
+EdgeCNN1 needs only the payloads. See load_payloads.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import json
 import logging
 import os
 import pathlib
+from typing import Iterable
 
 import keras
 import numpy as np
@@ -91,6 +99,45 @@ def load_cloud(directory: str | os.PathLike) -> keras.Model:
   model = models.build_cloud_cnn(**build_args)
   model.load_weights(directory / WEIGHTS)
   return model
+
+
+def has_weights(directory: str | os.PathLike) -> bool:
+  """Whether a cloud directory holds CloudCNN's weights (load_cloud works)."""
+  d = pathlib.Path(directory)
+  return all((d / n).is_file() for n in (BUILD, WEIGHTS))
+
+
+def load_payloads(directory: str | os.PathLike,
+                  shared: Iterable[int]) -> dict[int, bytes]:
+  """The shared-layers payloads a cloud directory holds, by m.
+
+  Raises:
+    FileNotFoundError: naming the m values missing and those present.
+    models.PayloadError: if a payload is malformed, or the payloads come
+      from different CloudCNNs.
+  """
+  directory = pathlib.Path(directory)
+  wanted = sorted({int(m) for m in shared})
+  missing = [m for m in wanted if not payload_path(directory, m).is_file()]
+  if missing:
+    present = sorted(int(p.stem.removeprefix("shared_m"))
+                     for p in directory.glob("shared_m*.bin")
+                     if p.stem.removeprefix("shared_m").isdigit())
+    weights = ("" if has_weights(directory) else
+               f" It holds no CloudCNN weights ({WEIGHTS}) either.")
+    raise FileNotFoundError(
+        f"{directory} has no shared-layers payload for m={missing} (it has "
+        f"m={present}).{weights} Train a CloudCNN with experiments/"
+        "train_cloud.py (--shared lists the m values written), or pass "
+        "--shared with the m values the directory has.")
+  payloads = {m: payload_path(directory, m).read_bytes() for m in wanted}
+  hashes = {m: models.read_payload(p)[0]["cloud_model_hash"]
+            for m, p in payloads.items()}
+  if len(set(hashes.values())) > 1:
+    raise models.PayloadError(
+        f"The payloads in {directory} come from different CloudCNNs "
+        f"(content hashes by m: { {m: h[:12] for m, h in hashes.items()} }).")
+  return payloads
 
 
 def is_trained(directory: str | os.PathLike) -> bool:

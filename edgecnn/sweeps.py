@@ -20,7 +20,7 @@ import os
 import pathlib
 import time
 import uuid
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -72,17 +72,23 @@ def train_metrics(result: train_lib.TrainResult) -> list[tuple[str, object, str]
   return [r for r in rows if r[1] is not None]
 
 
+class MissingCloudLabels(LookupError):
+  """Labels were asked of a CloudLabeler that has neither them nor a model."""
+
+
 class CloudLabeler:
   """CloudCNN's labels for training images, computed once and cached on disk.
 
   Args:
-    model: the trained CloudCNN.
+    model: the trained CloudCNN, or None to label only from the cache (a
+      cloud directory copied without its weights): asking for an image the
+      cache lacks then raises MissingCloudLabels.
     dataset: the dataset whose training images are labelled.
     cache: optional .npz file keeping {index: label} across runs.
     mode: crop protocol of the cloud's predictions ("ten_crop" or "center").
   """
 
-  def __init__(self, model: keras.Model, dataset: data_lib.Dataset, *,
+  def __init__(self, model: keras.Model | None, dataset: data_lib.Dataset, *,
                cache: str | os.PathLike | None = None, mode: str = "ten_crop"):
     self.model, self.dataset, self.mode = model, dataset, mode
     self.cache = pathlib.Path(cache) if cache else None
@@ -97,6 +103,16 @@ class CloudLabeler:
 
   def __call__(self, indices: np.ndarray) -> np.ndarray:
     missing = indices[self.labels[indices] < 0]
+    if len(missing) and self.model is None:
+      raise MissingCloudLabels(
+          f"{len(missing)} of the {len(indices)} training images asked for "
+          f"have no CloudCNN label ({self.mode}) in "
+          f"{self.cache or 'the labeler (no cache file)'} and no CloudCNN is "
+          f"loaded to label them (first missing indices: "
+          f"{missing[:5].tolist()}). Label them where the CloudCNN's weights "
+          "are (experiments.edge_accuracy --label_only with the same "
+          "--num_images and --seeds), or pass --cloud_dir of a directory "
+          "holding cloud.weights.h5.")
     if len(missing):
       logger.info("CloudCNN labels %d training images (%s)", len(missing),
                   self.mode)
@@ -117,6 +133,14 @@ class CloudLabeler:
     return self.labels[indices]
 
 
+def uploaded_images(split: data_lib.Split,
+                    initial: data_lib.Split) -> np.ndarray:
+  """The images of an update phase's subset that the initialisation phase did
+  not have (they were uploaded by users), sorted."""
+  return np.setdiff1d(np.concatenate([split.train, split.val]),
+                      np.concatenate([initial.train, initial.val]))
+
+
 def update_phase_labels(dataset: data_lib.Dataset, split: data_lib.Split,
                         initial: data_lib.Split, labels: str,
                         labeler: CloudLabeler | None) -> tuple[np.ndarray, int, int]:
@@ -131,9 +155,7 @@ def update_phase_labels(dataset: data_lib.Dataset, split: data_lib.Split,
     raise ValueError(f"`labels` must be one of {list(LABEL_SOURCES)}. "
                      f"Received: labels={labels!r}")
   out = dataset.y_train.copy()
-  initial_idx = np.concatenate([initial.train, initial.val])
-  subset = np.concatenate([split.train, split.val])
-  uploaded = np.setdiff1d(subset, initial_idx)
+  uploaded = uploaded_images(split, initial)
   if labels == "oracle" or len(uploaded) == 0:
     return out, int(len(uploaded)), 0
   if labeler is None:
@@ -141,6 +163,34 @@ def update_phase_labels(dataset: data_lib.Dataset, split: data_lib.Split,
   out[uploaded] = labeler(uploaded)
   wrong = int(np.sum(out[uploaded] != dataset.y_train[uploaded]))
   return out, int(len(uploaded)), wrong
+
+
+def grid_uploads(num_train: int, spec: SweepSpec) -> np.ndarray:
+  """Indices of every training image an update phase of the sweep uploads
+  (labelled by CloudCNN when ``spec.labels == "cloud"``), sorted."""
+  n_initial = min(spec.num_images)
+  out = []
+  for seed in spec.seeds:
+    initial = data_lib.subset_split(num_train, n_initial, seed=seed)
+    out += [uploaded_images(data_lib.subset_split(num_train, n, seed=seed),
+                            initial)
+            for n in spec.num_images if n != n_initial]
+  return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def label_grid(dataset: data_lib.Dataset, spec: SweepSpec,
+               labeler: CloudLabeler) -> tuple[int, int]:
+  """Has ``labeler`` label (and cache) every image the sweep uploads, so the
+  sweep can later run from the cloud directory without CloudCNN's weights.
+
+  Returns:
+    (images the grid uploads, how many of them were not in the cache).
+  """
+  wanted = grid_uploads(len(dataset.x_train), spec)
+  new = int(np.sum(labeler.labels[wanted] < 0))
+  if len(wanted):
+    labeler(wanted)
+  return len(wanted), new
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,7 +258,27 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
                                     "done", "running", "est_s"])
 
 
-def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
+def sweep_payloads(cloud: keras.Model | Mapping[int, bytes],
+                   shared: Iterable[int]) -> tuple[dict[int, bytes], str]:
+  """The payload of each m and the CloudCNN's content hash, from a model or
+  from payloads already exported (cloud_model.load_payloads)."""
+  if isinstance(cloud, keras.Model):
+    return ({m: models.export_shared_layers(cloud, m) for m in shared},
+            models.model_hash(cloud))
+  missing = sorted(set(shared) - set(cloud))
+  if missing:
+    raise ValueError(f"No payload for m={missing}; received payloads for "
+                     f"m={sorted(cloud)}.")
+  hashes = {models.read_payload(cloud[m])[0]["cloud_model_hash"]
+            for m in shared}
+  if len(hashes) != 1:
+    raise models.PayloadError("The payloads come from different CloudCNNs "
+                              f"(content hashes {sorted(hashes)}).")
+  return {m: cloud[m] for m in shared}, hashes.pop()
+
+
+def edge_accuracy_sweep(dataset: data_lib.Dataset,
+                        cloud: keras.Model | Mapping[int, bytes],
                         spec: SweepSpec, config: train_lib.TrainConfig,
                         log: results.ResultLog, *,
                         labeler: CloudLabeler | None = None,
@@ -232,6 +302,10 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
   killed mid-run leaves its claim to be taken over by the next one started on
   this host.
 
+  ``cloud`` is the CloudCNN, or its payloads by m (all of ``spec.shared``;
+  cloud_model.load_payloads): EdgeCNN1 needs only those, and the update
+  phases' labels then come from ``labeler``'s cache.
+
   Returns:
     The number of runs trained (not skipped).
   """
@@ -241,8 +315,7 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset, cloud: keras.Model,
     models._check_num_shared(m)
   n_initial = min(spec.num_images)
   n_all = len(dataset.x_train)
-  payloads = {m: models.export_shared_layers(cloud, m) for m in spec.shared}
-  cloud_hash = models.model_hash(cloud)
+  payloads, cloud_hash = sweep_payloads(cloud, spec.shared)
   trained = skipped = 0
   runs = list(sweep_runs(dataset.info.name, spec))
   start = time.perf_counter()

@@ -18,6 +18,8 @@ import pathlib
 
 from absl import app
 from absl import flags
+from absl import logging
+import numpy as np
 import pandas as pd
 
 from experiments import common
@@ -73,6 +75,14 @@ DRY_RUN = flags.DEFINE_bool(
     "and an estimate of the time the rest take (the median wall time of the "
     "same model and N in the CSV, any seed), then exit without loading "
     "data or training.")
+LABEL_ONLY = flags.DEFINE_bool(
+    "label_only", False, "Have CloudCNN label every image the sweep's update "
+    "phases upload (all --seeds and --num_images), save the labels in the "
+    "cloud directory's cache (train_labels_<mode>.npz) and exit without "
+    "training. A copy of the directory without cloud.weights.h5 and "
+    "saved_model/ (a few MB: payloads, build.json, dataset.json, "
+    "train_result.json and the cache) then runs the sweep, for instance in "
+    "a later checkout where the 1 GB paper-preset CloudCNN is not kept.")
 EXPERIMENT = flags.DEFINE_string(
     "experiment", "edge_accuracy", "Experiment name in the rows and default "
     "CSV name (training_time reuses this binary's library).")
@@ -124,13 +134,38 @@ def run(experiment: str) -> int:
   dataset = common.load_dataset()
   name = dataset.info.name
   directory = common.cloud_directory(name)
-  cloud = cloud_model.load_cloud(directory)
   spec = sweep_spec(name)
+  cache = directory / f"train_labels_{CLOUD_LABEL_MODE.value}.npz"
+  if cloud_model.has_weights(directory) or LABEL_ONLY.value:
+    cloud = cloud_model.load_cloud(directory)
+    labeler = sweeps.CloudLabeler(cloud, dataset, mode=CLOUD_LABEL_MODE.value,
+                                  cache=cache)
+  else:
+    # A directory copied without the weights: EdgeCNN1 from its payloads,
+    # update-phase labels from its cache (checked before any training).
+    cloud = cloud_model.load_payloads(directory, spec.shared)
+    labeler = sweeps.CloudLabeler(None, dataset, mode=CLOUD_LABEL_MODE.value,
+                                  cache=cache)
+    if spec.labels == "cloud" and True in spec.models:
+      wanted = sweeps.grid_uploads(len(dataset.x_train), spec)
+      missing = int(np.sum(labeler.labels[wanted] < 0))
+      if missing:
+        raise sweeps.MissingCloudLabels(
+            f"{directory} holds no CloudCNN weights ({cloud_model.WEIGHTS}), "
+            f"and its label cache {cache.name} lacks {missing} of the "
+            f"{len(wanted)} labels this sweep's update phases need. Run "
+            "this command with --label_only where the weights are, or use "
+            "--labels=oracle.")
+    logging.info("%s holds no CloudCNN weights: EdgeCNN1 from its payloads "
+                 "(m=%s), update-phase labels from %s.", directory,
+                 list(spec.shared), cache.name)
+  if LABEL_ONLY.value:
+    wanted, new = sweeps.label_grid(dataset, spec, labeler)
+    print(f"{cache}: the sweep's update phases upload {wanted} images; "
+          f"{new} newly labelled by CloudCNN, {wanted - new} were cached.")
+    return 0
   log = common.result_log(experiment)
   common.save_flags(log, f"{name}-{spec.preset}")
-  labeler = sweeps.CloudLabeler(
-      cloud, dataset, mode=CLOUD_LABEL_MODE.value,
-      cache=directory / f"train_labels_{CLOUD_LABEL_MODE.value}.npz")
   config = dataclasses.replace(common.train_config(),
                                test_both_weights=TEST_BOTH_WEIGHTS.value)
   return sweeps.edge_accuracy_sweep(

@@ -227,3 +227,55 @@ def test_sweep_progress_does_not_count_later_finished_runs_as_left(
                                       train_lib.CONFIGS["quick"], log) == 1
   assert "sweep: 1 of 2 runs done (0 of them skipped: done before or by " \
          "another sweep), 0 left" in caplog.text
+
+
+def test_a_sweep_from_payloads_and_cached_labels_equals_one_from_the_model(
+    setup, tmp_path):
+  cloud, ds = setup
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3, 5), models=(True,))
+  config = train_lib.CONFIGS["quick"]
+  cache = tmp_path / "train_labels_ten_crop.npz"
+  empty = sweeps.CloudLabeler(None, ds, cache=tmp_path / "none.npz")
+  with pytest.raises(sweeps.MissingCloudLabels, match="label_only"):
+    sweeps.edge_accuracy_sweep(
+        ds, {m: models.export_shared_layers(cloud, m) for m in (3, 5)}, spec,
+        config, results.ResultLog(tmp_path / "x.csv", {"experiment": "e"}),
+        labeler=empty)
+  labeler = sweeps.CloudLabeler(cloud, ds, cache=cache)
+  wanted, new = sweeps.label_grid(ds, spec, labeler)
+  # N=40 adds 20 images to the initial 20; nothing else is labelled.
+  assert (wanted, new) == (20, 20)
+  assert int((labeler.labels >= 0).sum()) == 20
+  assert sweeps.label_grid(ds, spec, labeler) == (20, 0)
+  values = {}
+  for name, source in (("model", cloud),
+                       ("payloads", {m: models.export_shared_layers(cloud, m)
+                                     for m in (3, 5)})):
+    log = results.ResultLog(tmp_path / f"{name}.csv",
+                            {"experiment": "edge_accuracy"})
+    sweeps.edge_accuracy_sweep(
+        ds, source, spec, config, log,
+        labeler=sweeps.CloudLabeler(cloud if name == "model" else None, ds,
+                                    cache=cache))
+    rows = pd.read_csv(tmp_path / f"{name}.csv")
+    kept = rows[~rows.metric.isin(["wall_time", "time_per_epoch",
+                                   "train_images_per_s"])]
+    values[name] = sorted(zip(kept.model, kept.num_images, kept.metric,
+                              kept.value))
+  assert len(values["model"]) > 20
+  assert values["payloads"] == values["model"]
+
+
+def test_payloads_of_different_clouds_or_missing_m_are_refused(setup):
+  cloud, _ = setup
+  other = models.build_cloud_cnn((CROP, CROP, 1), preset="compact", seed=1)
+  mixed = {3: models.export_shared_layers(cloud, 3),
+           5: models.export_shared_layers(other, 5)}
+  with pytest.raises(models.PayloadError, match="different CloudCNNs"):
+    sweeps.sweep_payloads(mixed, (3, 5))
+  with pytest.raises(ValueError, match=r"No payload for m=\[10\]; received "
+                     r"payloads for m=\[3, 5\]"):
+    sweeps.sweep_payloads(mixed, (3, 10))
+  payloads, digest = sweeps.sweep_payloads({3: mixed[3]}, (3,))
+  assert digest == models.model_hash(cloud) and payloads == {3: mixed[3]}

@@ -2,6 +2,8 @@
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -139,6 +141,50 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
       ("EdgeCNN1-3", 20)]
   assert "test_accuracy_10crop" in set(ablation.metric)
   assert len(after) - len(ablation) == len(rows)
+
+
+def test_edge_accuracy_runs_from_a_cloud_directory_without_weights(workspace):
+  root, common = workspace
+  full = root / "work" / "cloud" / "mnist-compact-seed0"
+  light = root / "light"
+  light.mkdir()
+  for f in full.iterdir():
+    if f.is_file() and f.name not in ("cloud.weights.h5",
+                                      "train_labels_ten_crop.npz"):
+      shutil.copy(f, light)
+  args = [*common, "--num_images=20,60", "--seeds=1", "--shared=3",
+          "--models=edgecnn1"]
+  csv = root / "results" / "light.csv"
+  env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ROOT}
+  refused = subprocess.run(
+      [sys.executable, "-m", "experiments.edge_accuracy", *args,
+       f"--cloud_dir={light}", f"--results_csv={csv}"], cwd=root, env=env,
+      capture_output=True, text=True, timeout=600)
+  assert refused.returncode != 0
+  assert (f"{light} holds no CloudCNN weights (cloud.weights.h5), and its "
+          "label cache train_labels_ten_crop.npz lacks 40 of the 40 labels"
+          ) in refused.stderr
+  assert not csv.exists()  # refused before any training
+  labelled = run("edge_accuracy", *args, "--label_only",
+                 f"--results_csv={csv}", cwd=root)
+  # Some may be cached by the other tests' sweeps (seed 0 shares images).
+  new, cached = map(int, re.search(
+      r"upload 40 images; (\d+) newly labelled by CloudCNN, (\d+) were "
+      r"cached", labelled.stdout).groups())
+  assert new + cached == 40 and new > 0
+  again = run("edge_accuracy", *args, "--label_only", cwd=root)
+  assert "upload 40 images; 0 newly labelled by CloudCNN, 40 were cached" \
+      in again.stdout
+  assert not csv.exists()
+  shutil.copy(full / "train_labels_ten_crop.npz", light)
+  proc = run("edge_accuracy", *args, f"--cloud_dir={light}",
+             f"--results_csv={csv}", cwd=root)
+  assert "holds no CloudCNN weights: EdgeCNN1 from its payloads" in proc.stderr
+  rows = pd.read_csv(csv)
+  acc = rows[rows.metric == "test_accuracy_10crop"]
+  assert sorted(zip(acc.model, acc.num_images)) == [("EdgeCNN1-3", 20),
+                                                    ("EdgeCNN1-3", 60)]
+  assert rows[rows.metric == "uploaded_images"].value.tolist() == [40]
 
 
 def test_training_time_uses_paper_sample_count(workspace):

@@ -194,3 +194,24 @@ def test_seed_makes_initialisation_reproducible():
   b = models.build_cloud_cnn(TINY, preset="compact", seed=7)
   c = models.build_cloud_cnn(TINY, preset="compact", seed=8)
   assert models.model_hash(a) == models.model_hash(b) != models.model_hash(c)
+
+
+def test_load_payloads_names_what_a_cloud_directory_lacks(tmp_path):
+  from edgecnn import cloud_model
+  cloud = models.build_cloud_cnn(TINY, preset="compact", seed=4)
+  for m in (3, 5):
+    cloud_model.payload_path(tmp_path, m).write_bytes(
+        models.export_shared_layers(cloud, m))
+  assert not cloud_model.has_weights(tmp_path)
+  payloads = cloud_model.load_payloads(tmp_path, [5, 3, 3])
+  assert sorted(payloads) == [3, 5]
+  assert payloads[3] == models.export_shared_layers(cloud, 3)
+  with pytest.raises(FileNotFoundError, match=(
+      r"no shared-layers payload for m=\[10\] \(it has m=\[3, 5\]\)\. It "
+      r"holds no CloudCNN weights \(cloud.weights.h5\) either")):
+    cloud_model.load_payloads(tmp_path, [3, 10])
+  other = models.build_cloud_cnn(TINY, preset="compact", seed=5)
+  cloud_model.payload_path(tmp_path, 5).write_bytes(
+      models.export_shared_layers(other, 5))
+  with pytest.raises(models.PayloadError, match="different CloudCNNs"):
+    cloud_model.load_payloads(tmp_path, [3, 5])
