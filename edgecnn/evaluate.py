@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import statistics
 import time
@@ -18,16 +19,32 @@ from edgecnn import data as data_lib
 from edgecnn import models
 
 CROP_MODES = ("ten_crop", "center")
+logger = logging.getLogger("edgecnn")
+
+
+# A test pass longer than this logs a progress line this often (the paper
+# preset's CloudCNN takes about 10 min over 10,000 images and 10 crops).
+PROGRESS_INTERVAL_S = 60.0
 
 
 def _crop_chunks(images: np.ndarray, *, crop_size: int, mode: str,
                  flip: bool, chunk: int):
   """Yields (k, crops) for each chunk of images: the chunk's k crops per
-  image as one batch (k * n, crop, crop, C), crop-major."""
+  image as one batch (k * n, crop, crop, C), crop-major. Logs progress
+  every PROGRESS_INTERVAL_S (the time includes the caller's work on the
+  chunks already yielded)."""
   if mode not in CROP_MODES:
     raise ValueError(f"`mode` must be one of {list(CROP_MODES)}. Received: "
                      f"mode={mode!r}")
+  begun = last = time.perf_counter()
   for start in range(0, len(images), chunk):
+    now = time.perf_counter()
+    if start and now - last >= PROGRESS_INTERVAL_S:
+      last = now
+      rate = start / (now - begun)
+      logger.info("test pass (%s): %d of %d images, %.1f images/s, ends in "
+                  "~%.0f s", mode, start, len(images), rate,
+                  (len(images) - start) / rate)
     x = data_lib.preprocess(images[start:start + chunk])
     if mode == "center":
       yield 1, data_lib.center_crop(x, crop_size)

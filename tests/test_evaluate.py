@@ -279,3 +279,17 @@ def test_payloads_of_different_clouds_or_missing_m_are_refused(setup):
     sweeps.sweep_payloads(mixed, (3, 10))
   payloads, digest = sweeps.sweep_payloads({3: mixed[3]}, (3,))
   assert digest == models.model_hash(cloud) and payloads == {3: mixed[3]}
+
+
+def test_a_long_test_pass_logs_its_progress(setup, monkeypatch, caplog):
+  cloud, ds = setup
+  monkeypatch.setattr(eval_lib, "PROGRESS_INTERVAL_S", 0.0)
+  with caplog.at_level(logging.INFO, logger="edgecnn"):
+    eval_lib.predict_probs(cloud, ds.x_test, crop_size=CROP, chunk=10)
+  lines = [r.getMessage() for r in caplog.records
+           if r.getMessage().startswith("test pass")]
+  # 30 images in chunks of 10: a line before the second and the third.
+  assert [l.split(" images/s")[0].rsplit(",", 1)[0] for l in lines] == [
+      "test pass (ten_crop): 10 of 30 images",
+      "test pass (ten_crop): 20 of 30 images"]
+  assert all(l.endswith(" s") and "ends in ~" in l for l in lines)
