@@ -131,12 +131,7 @@ def load_payloads(directory: str | os.PathLike,
         "train_cloud.py (--shared lists the m values written), or pass "
         "--shared with the m values the directory has.")
   payloads = {m: payload_path(directory, m).read_bytes() for m in wanted}
-  hashes = {m: models.read_payload(p)[0]["cloud_model_hash"]
-            for m, p in payloads.items()}
-  if len(set(hashes.values())) > 1:
-    raise models.PayloadError(
-        f"The payloads in {directory} come from different CloudCNNs "
-        f"(content hashes by m: { {m: h[:12] for m, h in hashes.items()} }).")
+  models.payloads_cloud_hash(payloads, str(directory))
   return payloads
 
 

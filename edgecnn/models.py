@@ -28,7 +28,7 @@ import hashlib
 import io
 import json
 import zipfile
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -289,6 +289,23 @@ def read_payload(payload: bytes) -> tuple[dict, dict[str, np.ndarray]]:
       raise PayloadError(f"Payload names layer class {record.get('class_name')!r};"
                          f" only {sorted(_PAYLOAD_LAYERS)} are allowed.")
   return manifest, weights
+
+
+def payloads_cloud_hash(payloads: Mapping[int, bytes], where: str = "") -> str:
+  """The content hash of the CloudCNN that payloads (by m) were exported from.
+
+  Raises:
+    PayloadError: if a payload is malformed or they come from different
+      CloudCNNs (``where`` names their source in the message).
+  """
+  hashes = {m: read_payload(p)[0]["cloud_model_hash"]
+            for m, p in payloads.items()}
+  if len(set(hashes.values())) != 1:
+    raise PayloadError(
+        f"The payloads{f' in {where}' if where else ''} come from different "
+        f"CloudCNNs (content hashes by m: "
+        f"{ {m: h[:12] for m, h in sorted(hashes.items())} }).")
+  return next(iter(hashes.values()))
 
 
 def _rebuild(record: dict, *, initializer=None, units: int | None = None,

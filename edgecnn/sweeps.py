@@ -101,8 +101,12 @@ class CloudLabeler:
       with np.load(self.cache) as z:
         self.labels[z["index"]] = z["label"]
 
+  def unlabelled(self, indices: np.ndarray) -> np.ndarray:
+    """The indices among ``indices`` with no label yet."""
+    return indices[self.labels[indices] < 0]
+
   def __call__(self, indices: np.ndarray) -> np.ndarray:
-    missing = indices[self.labels[indices] < 0]
+    missing = self.unlabelled(indices)
     if len(missing) and self.model is None:
       raise MissingCloudLabels(
           f"{len(missing)} of the {len(indices)} training images asked for "
@@ -187,7 +191,7 @@ def label_grid(dataset: data_lib.Dataset, spec: SweepSpec,
     (images the grid uploads, how many of them were not in the cache).
   """
   wanted = grid_uploads(len(dataset.x_train), spec)
-  new = int(np.sum(labeler.labels[wanted] < 0))
+  new = len(labeler.unlabelled(wanted))
   if len(wanted):
     labeler(wanted)
   return len(wanted), new
@@ -269,12 +273,8 @@ def sweep_payloads(cloud: keras.Model | Mapping[int, bytes],
   if missing:
     raise ValueError(f"No payload for m={missing}; received payloads for "
                      f"m={sorted(cloud)}.")
-  hashes = {models.read_payload(cloud[m])[0]["cloud_model_hash"]
-            for m in shared}
-  if len(hashes) != 1:
-    raise models.PayloadError("The payloads come from different CloudCNNs "
-                              f"(content hashes {sorted(hashes)}).")
-  return {m: cloud[m] for m in shared}, hashes.pop()
+  payloads = {m: cloud[m] for m in shared}
+  return payloads, models.payloads_cloud_hash(payloads)
 
 
 def edge_accuracy_sweep(dataset: data_lib.Dataset,

@@ -19,7 +19,6 @@ import pathlib
 from absl import app
 from absl import flags
 from absl import logging
-import numpy as np
 import pandas as pd
 
 from experiments import common
@@ -148,7 +147,7 @@ def run(experiment: str) -> int:
                                   cache=cache)
     if spec.labels == "cloud" and True in spec.models:
       wanted = sweeps.grid_uploads(len(dataset.x_train), spec)
-      missing = int(np.sum(labeler.labels[wanted] < 0))
+      missing = len(labeler.unlabelled(wanted))
       if missing:
         raise sweeps.MissingCloudLabels(
             f"{directory} holds no CloudCNN weights ({cloud_model.WEIGHTS}), "
