@@ -112,11 +112,18 @@ def load_payloads(directory: str | os.PathLike,
   """The shared-layers payloads a cloud directory holds, by m.
 
   Raises:
-    FileNotFoundError: naming the m values missing and those present.
+    FileNotFoundError: if the directory does not exist, or naming the m
+      values missing and those present.
     models.PayloadError: if a payload is malformed, or the payloads come
       from different CloudCNNs.
   """
   directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    raise FileNotFoundError(
+        f"No cloud directory {directory}: train a CloudCNN there with "
+        "experiments/train_cloud.py, or pass the directory it wrote (its "
+        "default is <workdir>/cloud/<dataset>-<preset>-seed<seed>; the "
+        "committed ones are under results/models/).")
   wanted = sorted({int(m) for m in shared})
   missing = [m for m in wanted if not payload_path(directory, m).is_file()]
   if missing:

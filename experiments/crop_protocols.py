@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-from absl import app
 
 from experiments import common
 from edgecnn import cloud_model
@@ -50,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
-from absl import app
 from absl import flags
 from absl import logging
 import pandas as pd
@@ -187,4 +186,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-from absl import app
 from absl import flags
 import keras
 
@@ -62,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

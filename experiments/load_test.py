@@ -319,4 +319,4 @@ async def _swaps(url, base, body, level, swaps, pid):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

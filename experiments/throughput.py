@@ -95,4 +95,4 @@ def _measure(preset, precision, shape, info, config, x, y, log):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -11,7 +11,6 @@ in the same process, so their ratio is measured side by side.
 
 from __future__ import annotations
 
-from absl import app
 from absl import flags
 
 from experiments import common
@@ -31,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -164,6 +164,9 @@ def test_edge_accuracy_runs_from_a_cloud_directory_without_weights(workspace):
   assert (f"{light} holds no CloudCNN weights (cloud.weights.h5), and its "
           "label cache train_labels_ten_crop.npz lacks 40 of the 40 labels"
           ) in refused.stderr
+  # A user error: one line naming the binary, exit 1, no traceback.
+  assert refused.returncode == 1 and "Traceback" not in refused.stderr
+  assert "edge_accuracy: error: " in refused.stderr
   assert not csv.exists()  # refused before any training
   labelled = run("edge_accuracy", *args, "--label_only",
                  f"--results_csv={csv}", cwd=root)
@@ -225,6 +228,29 @@ def test_stray_arguments_are_rejected(workspace):
                          "oops"], cwd=root, env=env, capture_output=True,
                         text=True, timeout=300)
   assert proc.returncode != 0 and "Unexpected arguments: ['oops']" in proc.stderr
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("train_cloud", ["--data_dir={root}/none"], "Could not load dataset 'mnist'. "
+     "Tried: ['{root}/none'"),
+    ("edge_accuracy", ["--cloud_dir={root}/nowhere"],
+     "No cloud directory {root}/nowhere: train a CloudCNN"),
+    ("inference_time", ["--workdir={root}/empty", "--num_test_images=8"],
+     "{root}/empty/cloud/mnist-compact-seed0 holds no saved CloudCNN"),
+])
+def test_user_errors_are_one_line_without_a_traceback(workspace, module, args,
+                                                      message):
+  root, common = workspace
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  proc = subprocess.run(
+      [sys.executable, "-m", f"experiments.{module}", *common,
+       *(a.format(root=root) for a in args),
+       f"--results_csv={root / 'results' / 'refused.csv'}"],
+      cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert f"{module}: error: {message.format(root=root)}" in proc.stderr
+  assert not (root / "results" / "refused.csv").exists()
 
 
 @pytest.mark.parametrize("module", ["train_cloud", "edge_accuracy",

@@ -215,3 +215,6 @@ def test_load_payloads_names_what_a_cloud_directory_lacks(tmp_path):
       models.export_shared_layers(other, 5))
   with pytest.raises(models.PayloadError, match="different CloudCNNs"):
     cloud_model.load_payloads(tmp_path, [3, 5])
+  with pytest.raises(FileNotFoundError,
+                     match=r"No cloud directory .*nowhere: train a CloudCNN"):
+    cloud_model.load_payloads(tmp_path / "nowhere", [3])
