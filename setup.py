@@ -17,6 +17,10 @@ setuptools.setup(
         "tensorflow>=2.16",
         "keras>=3",
         "tensorflow-datasets",
+        # tfds 4.9.x imports importlib_resources to download a dataset but
+        # declares it only for Python < 3.9 (tensorflow/datasets#11212):
+        # without it every download fails with ModuleNotFoundError.
+        "importlib_resources",
         "numpy",
         "pandas",
         "absl-py",

@@ -11,7 +11,8 @@ Sources are tried in this order (``load_dataset``):
      sub-directory named after the dataset (see ``SUBDIRS``);
   2. Debian's install path ``/usr/share/datasets/<name>`` (package
      ``dataset-fashion-mnist`` provides Fashion-MNIST there);
-  3. tensorflow-datasets, which downloads when there is internet.
+  3. tensorflow-datasets, which downloads when there is internet (a dataset
+     it has not downloaded fails in seconds when its hosts are unreachable).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import gzip
 import os
 import pathlib
 import pickle
+import socket
 from typing import Iterable
+import urllib.parse
 
 import numpy as np
 import tensorflow as tf
@@ -188,8 +191,34 @@ def _load_from_dir(name: str, directory: pathlib.Path):
   return None
 
 
+# Seconds to wait for a TCP connection to a download host before calling the
+# machine offline. tfds itself retries each file ten times with back-off
+# (3-4 minutes before it gives up offline).
+TFDS_PROBE_TIMEOUT_S = 5.0
+
+
+def _reachable(host: str, port: int) -> bool:
+  try:
+    with socket.create_connection((host, port), timeout=TFDS_PROBE_TIMEOUT_S):
+      return True
+  except OSError:
+    return False
+
+
 def _load_tfds(name: str):
   import tensorflow_datasets as tfds  # imported lazily: slow and optional
+  builder = tfds.builder(name)
+  if not builder.is_prepared():
+    # A download is needed: fail at once if its hosts cannot be reached.
+    urls = [urllib.parse.urlsplit(u) for u in builder.url_infos or ()]
+    hosts = sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+                    for u in urls if u.hostname})
+    unreachable = [f"{h}:{port}" for h, port in hosts
+                   if not _reachable(h, port)]
+    if unreachable:
+      raise ConnectionError(
+          f"not downloaded to {builder.data_dir}, and its download hosts "
+          f"{unreachable} cannot be reached (no internet?)")
   train, test = tfds.as_numpy(tfds.load(name, split=["train", "test"],
                                         batch_size=-1, as_supervised=True))
   return (train[0], train[1], test[0], test[1]), f"tensorflow-datasets:{name}"

@@ -11,14 +11,12 @@ import os
 import pathlib
 import sys
 
-from absl import app
 from absl import flags
 
 from edgecnn import data as data_lib
 from edgecnn import evaluate as eval_lib
 from edgecnn import models
 from edgecnn import results
-from edgecnn import sweeps
 from edgecnn import train as train_lib
 
 # Keras dtype policies the binaries offer (train_cloud --precision,
@@ -74,28 +72,6 @@ TENSORBOARD_DIR = flags.DEFINE_string(
     "tensorboard_dir", None, "If set, write TensorBoard logs there.")
 USE_TFDS = flags.DEFINE_bool(
     "use_tfds", True, "Fall back to tensorflow-datasets (needs internet).")
-
-
-# What a user can mend from the message alone: a missing file or directory
-# (data, CloudCNN, payloads), a payload of the wrong CloudCNN or m, labels a
-# weightless cloud directory lacks. A binary prints these as one line and
-# exits 1; anything else is a bug and keeps its traceback.
-USER_ERRORS = (FileNotFoundError, models.PayloadError,
-               sweeps.MissingCloudLabels)
-
-
-def run(main) -> None:
-  """app.run(main), with the user errors above reported without a traceback."""
-
-  def guarded(argv):
-    try:
-      return main(argv)
-    except USER_ERRORS as e:
-      name = pathlib.Path(sys.argv[0]).stem
-      print(f"{name}: error: {e}", file=sys.stderr)
-      sys.exit(1)
-
-  app.run(guarded)
 
 
 def reject_args(argv: list[str]) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 
+from experiments import cli
 from experiments import common
 from edgecnn import cloud_model
 from edgecnn import evaluate as eval_lib
@@ -49,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -20,6 +20,7 @@ from absl import flags
 from absl import logging
 import pandas as pd
 
+from experiments import cli
 from experiments import common
 from edgecnn import cloud_model
 from edgecnn import evaluate as eval_lib
@@ -186,4 +187,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -16,6 +16,7 @@ import logging
 from absl import flags
 import keras
 
+from experiments import cli
 from experiments import common
 from edgecnn import cloud_model
 from edgecnn import data as data_lib
@@ -61,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

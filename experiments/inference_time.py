@@ -16,6 +16,7 @@ import logging
 from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments import common
 from edgecnn import cloud_model
 from edgecnn import models
@@ -69,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

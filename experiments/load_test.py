@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from experiments import cli
 from experiments import common
 from experiments import services
 from edgecnn import cloud_model
@@ -319,4 +320,4 @@ async def _swaps(url, base, body, level, swaps, pid):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

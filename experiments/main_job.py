@@ -20,6 +20,8 @@ import sys
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from edgecnn import main_job
 
 DEFAULTS = main_job.MainJobConfig(workdir=pathlib.Path("workdir/main_job"),
@@ -101,4 +103,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -20,6 +20,8 @@ import pathlib
 from absl import app
 from absl import flags
 
+from experiments import cli
+
 from edgecnn import figures
 
 RESULTS_DIR = flags.DEFINE_string("results_dir", "results",
@@ -68,4 +70,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

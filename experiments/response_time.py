@@ -28,6 +28,7 @@ import secrets
 from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments import common
 from experiments import services
 from edgecnn import cloud_model
@@ -185,4 +186,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -18,6 +18,7 @@ from absl import flags
 import keras
 import numpy as np
 
+from experiments import cli
 from experiments import common
 from edgecnn import evaluate as eval_lib
 from edgecnn import models
@@ -95,4 +96,4 @@ def _measure(preset, precision, shape, info, config, x, y, log):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

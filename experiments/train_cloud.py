@@ -17,6 +17,7 @@ import os
 from absl import app
 from absl import flags
 
+from experiments import cli
 from experiments import common
 from edgecnn import cloud_model
 from edgecnn import sweeps
@@ -121,4 +122,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from experiments import cli
 from experiments import common
 from experiments import edge_accuracy
 
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  cli.run(main)

@@ -87,6 +87,31 @@ def test_missing_data_error_names_three_ways(tmp_path, no_debian, monkeypatch):
   assert str(tmp_path / "empty") in msg
 
 
+def test_tfds_offline_fails_at_once_naming_the_download_hosts(monkeypatch):
+  import tensorflow_datasets as tfds
+  # url_infos reads tfds's checksum files through importlib_resources, which
+  # tfds 4.9 does not declare (setup.py does): without it, ModuleNotFoundError.
+  assert any("mnist" in url for url in tfds.builder("mnist").url_infos)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared",
+                      lambda self: False)
+  probed = []
+  monkeypatch.setattr(data_lib, "_reachable",
+                      lambda host, port: probed.append((host, port)) or False)
+  def no_download(*args, **kwargs):
+    raise AssertionError("tfds.load called although offline")
+  monkeypatch.setattr(tfds, "load", no_download)
+  with pytest.raises(ConnectionError, match=(
+      r"not downloaded to .*mnist.*download hosts "
+      r"\['storage.googleapis.com:443'\] cannot be reached")):
+    data_lib._load_tfds("mnist")
+  assert probed == [("storage.googleapis.com", 443)]
+  probed.clear()
+  with pytest.raises(ConnectionError, match=(
+      r"\['fashion-mnist.s3-website.eu-central-1.amazonaws.com:80'\]")):
+    data_lib._load_tfds("fashion_mnist")
+  assert len(probed) == 1
+
+
 def test_unknown_dataset():
   with pytest.raises(ValueError, match="Unknown dataset 'imagenet'.*cifar10"):
     data_lib.load_dataset("imagenet")
