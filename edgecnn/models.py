@@ -245,15 +245,32 @@ def export_shared_layers(cloud_model: keras.Model, num_shared: int) -> bytes:
       "layers": [_layer_record(layer) for layer in lower],
       "head": [_layer_record(layer) for layer in head],
   }
-  arrays = {f"{layer.name}/{i}": w for layer in lower
-            for i, w in enumerate(layer.get_weights())}
+  # weights.npz as np.savez writes it (one .npy per array, stored), but with
+  # fixed entry times, as the outer archive's: the same layers always give
+  # the same bytes (and payload_digest), whenever they are exported.
   weights = io.BytesIO()
-  np.savez(weights, **arrays)
+  with zipfile.ZipFile(weights, "w", zipfile.ZIP_STORED) as npz:
+    for layer in lower:
+      for i, w in enumerate(layer.get_weights()):
+        array = io.BytesIO()
+        np.lib.format.write_array(array, np.asarray(w), allow_pickle=False)
+        _write_entry(npz, f"{layer.name}/{i}.npy", array.getvalue(),
+                     zipfile.ZIP_STORED)
   out = io.BytesIO()
-  with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
-    zf.writestr("manifest.json", json.dumps(manifest, sort_keys=True))
-    zf.writestr("weights.npz", weights.getvalue())
+  with zipfile.ZipFile(out, "w") as zf:
+    _write_entry(zf, "manifest.json",
+                 json.dumps(manifest, sort_keys=True).encode(),
+                 zipfile.ZIP_DEFLATED)
+    _write_entry(zf, "weights.npz", weights.getvalue(), zipfile.ZIP_DEFLATED)
   return out.getvalue()
+
+
+def _write_entry(zf: zipfile.ZipFile, name: str, data: bytes,
+                 compression: int) -> None:
+  info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+  info.compress_type = compression
+  info.external_attr = 0o644 << 16
+  zf.writestr(info, data)
 
 
 def payload_digest(payload: bytes) -> str:

@@ -196,6 +196,20 @@ def test_seed_makes_initialisation_reproducible():
   assert models.model_hash(a) == models.model_hash(b) != models.model_hash(c)
 
 
+def test_a_payload_is_the_same_bytes_whenever_it_is_exported(monkeypatch):
+  import time
+  cloud = models.build_cloud_cnn(TINY, preset="compact", seed=4)
+  first = models.export_shared_layers(cloud, 3)
+  later = time.time() + 3 * 3600
+  monkeypatch.setattr(time, "time", lambda: later)  # zip entry times
+  assert models.export_shared_layers(cloud, 3) == first
+  manifest, weights = models.read_payload(first)
+  assert manifest["num_shared"] == 3 and len(weights) == 6  # 3 kernels, biases
+  for name, w in weights.items():
+    layer, i = name.split("/")
+    np.testing.assert_array_equal(w, cloud.get_layer(layer).get_weights()[int(i)])
+
+
 def test_load_payloads_names_what_a_cloud_directory_lacks(tmp_path):
   from edgecnn import cloud_model
   cloud = models.build_cloud_cnn(TINY, preset="compact", seed=4)
