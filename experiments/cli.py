@@ -14,18 +14,18 @@ from absl import app
 # What a user can mend from the message alone: a missing file or directory
 # (data, CloudCNN, payloads), a payload of the wrong CloudCNN or m, labels a
 # weightless cloud directory lacks. A binary prints these as one line and
-# exits 1; anything else is a bug and keeps its traceback. The library's
-# classes are named as (module, class) and looked up only if the binary
-# imported that module (plot_figures, for one, runs without TensorFlow).
-USER_ERRORS = (FileNotFoundError, ("edgecnn.models", "PayloadError"),
+# exits 1; anything else is a bug and keeps its traceback. Named as (module,
+# class) and looked up only if the binary imported that module (plot_figures,
+# for one, runs without TensorFlow).
+USER_ERRORS = (("builtins", "FileNotFoundError"),
+               ("edgecnn.models", "PayloadError"),
                ("edgecnn.sweeps", "MissingCloudLabels"))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
   """The classes of USER_ERRORS whose modules are loaded."""
-  return tuple(
-      e if isinstance(e, type) else getattr(sys.modules[e[0]], e[1])
-      for e in USER_ERRORS if isinstance(e, type) or e[0] in sys.modules)
+  return tuple(getattr(sys.modules[module], name)
+               for module, name in USER_ERRORS if module in sys.modules)
 
 
 def run(main) -> None:

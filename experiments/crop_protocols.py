@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 
-
 from experiments import cli
 from experiments import common
 from edgecnn import cloud_model

@@ -21,7 +21,6 @@ from absl import app
 from absl import flags
 
 from experiments import cli
-
 from edgecnn import main_job
 
 DEFAULTS = main_job.MainJobConfig(workdir=pathlib.Path("workdir/main_job"),

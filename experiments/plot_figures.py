@@ -21,7 +21,6 @@ from absl import app
 from absl import flags
 
 from experiments import cli
-
 from edgecnn import figures
 
 RESULTS_DIR = flags.DEFINE_string("results_dir", "results",
