@@ -40,6 +40,26 @@ def paper_value(paper: pd.DataFrame, metric: str, dataset: str, model: str,
   return float(row.value.iloc[0]) if not row.empty else None
 
 
+# The CSVs the figures and tables read, each results_dir/<name>.csv.
+RESULT_CSVS = ("edge_accuracy", "training_time", "inference_time",
+               "response_time", "main_job")
+
+
+def missing_results(results_dir: str | os.PathLike) -> str | None:
+  """Why results_dir holds nothing to draw, or None if it holds a result CSV.
+
+  Every figure also draws the paper's values, so a mistyped directory would
+  otherwise give figures and tables with the paper's side only.
+  """
+  path = pathlib.Path(results_dir)
+  if not path.is_dir():
+    return f"{str(path)!r} is not a directory"
+  if not any((path / f"{name}.csv").is_file() for name in RESULT_CSVS):
+    return (f"{str(path)!r} holds none of the result CSVs the figures read "
+            f"({', '.join(n + '.csv' for n in RESULT_CSVS)})")
+  return None
+
+
 def load(results_dir: str | os.PathLike, name: str) -> pd.DataFrame | None:
   """results_dir/<name>.csv with numeric values, or None if absent."""
   path = pathlib.Path(results_dir) / f"{name}.csv"

@@ -53,6 +53,9 @@ def refresh_doc(path: pathlib.Path, results_dir: str) -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if (why := figures.missing_results(RESULTS_DIR.value)) is not None:
+    raise app.UsageError(f"--results_dir: {why}; pass the directory the "
+                         "experiment binaries wrote (default: results)")
   missing = [d for d in REFRESH_DOCS.value if not pathlib.Path(d).is_file()]
   if missing:
     raise app.UsageError(f"--refresh_docs: no such file: {', '.join(missing)}")

@@ -130,6 +130,24 @@ def test_plot_command_writes_every_png(results_dir, tmp_path):
   assert figures.bar_table(results_dir, "fashion_mnist") in tables
 
 
+def test_plot_command_refuses_a_results_dir_with_nothing_to_draw(tmp_path):
+  # A mistyped --results_dir used to draw figures of the paper's values alone.
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+  (tmp_path / "empty").mkdir()
+  (tmp_path / "empty" / "notes.csv").write_text("a,b\n1,2\n")
+  for results, why in ((tmp_path / "nope", "is not a directory"),
+                       (tmp_path / "empty", "holds none of the result CSVs")):
+    out = tmp_path / "figures"
+    run = subprocess.run(
+        [sys.executable, "-m", "experiments.plot_figures",
+         f"--results_dir={results}", f"--out_dir={out}"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stderr
+    assert str(results) in run.stderr and why in run.stderr, run.stderr
+    assert not out.exists()  # refused before drawing anything
+  assert "edge_accuracy.csv, training_time.csv" in run.stderr  # what works
+
+
 def test_accuracy_table_mean_and_std_over_seeds(results_dir):
   table = figures.accuracy_table(results_dir, "mnist")
   # EdgeCNN1-3 at N=120: 0.712 and 0.722 -> 71.70 +- 0.71, 2 seeds
