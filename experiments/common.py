@@ -97,6 +97,25 @@ def train_config() -> train_lib.TrainConfig:
   return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 
+def schedule_condition() -> list[str]:
+  """The run's schedule where it is not the paper's, as condition parts.
+
+  The named config if not ``paper``, then each schedule flag whose value
+  differs from that config's (``max_epochs=30``), so a row says how it was
+  trained without its flags file (which the next run of the same name
+  overwrites).
+  """
+  named = train_lib.get_config(TRAIN_CONFIG.value)
+  config = train_config()
+  parts = [f"train_config={TRAIN_CONFIG.value}"] * (
+      TRAIN_CONFIG.value != "paper")
+  for field in ("max_epochs", "lr_patience", "augment", "tie_break_loss",
+                "restore_best", "crop_size"):
+    if getattr(config, field) != getattr(named, field):
+      parts.append(f"{field}={getattr(config, field)}")
+  return parts
+
+
 def load_dataset() -> data_lib.Dataset:
   return data_lib.load_dataset(DATASET.value, DATA_DIR.value,
                                use_tfds=USE_TFDS.value)

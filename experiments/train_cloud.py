@@ -108,9 +108,8 @@ def main(argv):
          "num_images": NUM_IMAGES.value or len(dataset.x_train),
          "seed": SEED.value}
   # Rows of the paper's recipe carry no condition; anything else says what.
-  condition = [f"train_config={common.TRAIN_CONFIG.value}"] * (
-      common.TRAIN_CONFIG.value != "paper") + [
-          f"precision={PRECISION.value}"] * (PRECISION.value != "float32")
+  condition = common.schedule_condition() + [
+      f"precision={PRECISION.value}"] * (PRECISION.value != "float32")
   if condition:
     key["condition"] = ";".join(condition)
   if chief:
