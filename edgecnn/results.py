@@ -268,6 +268,40 @@ def write_metadata(path: str | os.PathLike, values: Mapping[str, Any]) -> None:
   os.replace(tmp, path)
 
 
+def append_invocation(path: str | os.PathLike,
+                      record: Mapping[str, Any]) -> None:
+  """Appends one run's record as a JSON line (a history, never rewritten).
+
+  One write of one line in append mode, so copies of a sweep started side by
+  side do not interleave their records.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  line = json.dumps(dict(record), sort_keys=True, default=str) + "\n"
+  fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+      line = "\n" + line  # a record cut short by a kill stays on its own line
+    os.write(fd, line.encode())
+  finally:
+    os.close(fd)
+
+
+def read_invocations(path: str | os.PathLike) -> list[dict]:
+  """The records append_invocation wrote (a line cut short is skipped)."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    return []
+  records = []
+  for line in path.read_text().splitlines():
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  return records
+
+
 def migrate(path: str | os.PathLike) -> bool:
   """Rewrites a CSV of an older schema (missing columns become empty).
 

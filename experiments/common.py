@@ -6,9 +6,12 @@ library in edgecnn/ never sees them (STYLE: libraries never read flags).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import pathlib
+import shlex
+import socket
 import sys
 
 from absl import flags
@@ -149,6 +152,27 @@ def save_flags(log: results.ResultLog, name: str) -> None:
             for flag in module_flags}
   results.write_metadata(
       log.path.with_name(f"{log.path.stem}.{name}.flags.json"), values)
+  # The flags file holds the latest run of this name only; the history says
+  # which command ran when, so every row (its timestamp, its commit) can be
+  # traced to the command line that wrote it.
+  results.append_invocation(
+      log.path.with_name(f"{log.path.stem}.invocations.jsonl"), {
+          "started": datetime.datetime.now(datetime.timezone.utc)
+                     .isoformat(timespec="seconds"),
+          "name": name, "commit": log.common.get("commit", ""),
+          "host": socket.gethostname(), "pid": os.getpid(),
+          "command": "python -m " + _binary() + "".join(
+              " " + shlex.quote(a) for a in sys.argv[1:]),
+          "flags": values})
+
+
+def _binary() -> str:
+  """The module this process runs as (experiments.edge_accuracy)."""
+  main = sys.modules.get("__main__")
+  spec = getattr(main, "__spec__", None)
+  if spec is not None and spec.name:
+    return spec.name
+  return os.path.basename(sys.argv[0]) if sys.argv else "?"
 
 
 CLOUD_DIR = flags.DEFINE_string(

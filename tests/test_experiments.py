@@ -145,6 +145,18 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
       ("EdgeCNN1-3", 20)]
   assert "test_accuracy_10crop" in set(ablation.metric)
   assert len(after) - len(ablation) == len(rows)
+  # The flags file holds the last run only; the history holds every command
+  # that wrote to the CSV (dry runs write nothing), oldest first.
+  flags_file = root / "results" / "edge_accuracy.mnist-compact.flags.json"
+  assert json.loads(flags_file.read_text())["head_pool"] == "paper"
+  history = results.read_invocations(
+      root / "results" / "edge_accuracy.invocations.jsonl")
+  commands = [h["command"] for h in history]
+  assert len(commands) == 3 and commands[0] == commands[1], commands
+  assert "--head_pool" not in commands[0] and "--num_images=20,40" in commands[0]
+  assert commands[2].startswith("python -m experiments.edge_accuracy ")
+  assert "--head_pool=paper" in commands[2]
+  assert [h["flags"]["head_pool"] for h in history][0] != "paper"
 
 
 def test_edge_accuracy_runs_from_a_cloud_directory_without_weights(workspace):
@@ -311,6 +323,15 @@ def test_crop_protocols_rows(workspace):
   again = run("crop_protocols", *common, f"--results_csv={csv}", cwd=root)
   assert "already in" in again.stderr
   assert len(pd.read_csv(csv)) == 3  # measured once
+  # The invocation is in the history with its command line.
+  (record,) = results.read_invocations(  # the rerun had nothing to do
+      root / "results" / "crop_protocols.invocations.jsonl")
+  assert record["command"].startswith(
+      "python -m experiments.crop_protocols --data_dir=")
+  assert f"--results_csv={csv}" in record["command"]
+  assert record["name"] == "mnist-compact"
+  assert record["flags"]["dataset"] == "mnist"
+  assert record["commit"] == pd.read_csv(csv).commit.iloc[0]
 
 
 def test_schedule_flags_override_the_named_config():

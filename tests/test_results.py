@@ -57,6 +57,20 @@ def test_write_metadata(tmp_path):
       "n": None, "seed": 1}
 
 
+def test_invocation_history_appends_and_skips_a_line_cut_short(tmp_path):
+  path = tmp_path / "r" / "x.invocations.jsonl"
+  assert results.read_invocations(path) == []
+  results.append_invocation(path, {"command": "a", "flags": {"n": 1}})
+  with open(path, "a") as f:
+    f.write('{"command": "cut sho')  # a process killed mid-write
+  results.append_invocation(path, {"command": "b", "flags": {"n": 2}})
+  results.append_invocation(path, {"command": "c", "flags": {"n": 3}})
+  assert results.read_invocations(path) == [
+      {"command": "a", "flags": {"n": 1}}, {"command": "b", "flags": {"n": 2}},
+      {"command": "c", "flags": {"n": 3}}]
+  assert path.read_text().endswith('"n": 3}}\n')
+
+
 def test_old_schema_is_refused_then_migrated(tmp_path):
   path = tmp_path / "old.csv"
   old = [c for c in results.COLUMNS if c != "condition"]
