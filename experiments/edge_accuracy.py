@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from absl import app
 from absl import flags
 from absl import logging
 import pandas as pd
@@ -81,7 +82,8 @@ LABEL_ONLY = flags.DEFINE_bool(
     "training. A copy of the directory without cloud.weights.h5 and "
     "saved_model/ (a few MB: payloads, build.json, dataset.json, "
     "train_result.json and the cache) then runs the sweep, for instance in "
-    "a later checkout where the 1 GB paper-preset CloudCNN is not kept.")
+    "a later checkout where the 1 GB paper-preset CloudCNN is not kept. "
+    "Refused with --labels=oracle, which needs no cloud labels.")
 EXPERIMENT = flags.DEFINE_string(
     "experiment", "edge_accuracy", "Experiment name in the rows and default "
     "CSV name (training_time reuses this binary's library).")
@@ -180,6 +182,11 @@ def run(experiment: str) -> int:
 def main(argv):
   common.reject_args(argv)
   common.setup_logging()
+  if LABEL_ONLY.value and LABELS.value == "oracle":
+    raise app.UsageError(
+        "--label_only with --labels=oracle: an oracle sweep trains on the "
+        "true labels and needs no cloud labels. Drop --labels=oracle to "
+        "label the uploads of the same grid for a --labels=cloud sweep.")
   if DRY_RUN.value:
     print_plan(common.DATASET.value, EXPERIMENT.value)
     return

@@ -184,6 +184,19 @@ def test_edge_accuracy_runs_from_a_cloud_directory_without_weights(workspace):
   assert refused.returncode == 1 and "Traceback" not in refused.stderr
   assert "edge_accuracy: error: " in refused.stderr
   assert not csv.exists()  # refused before any training
+  # An oracle sweep needs no cloud labels: --label_only is refused there,
+  # before any labelling.
+  cache = full / "train_labels_ten_crop.npz"
+  cached = cache.read_bytes() if cache.exists() else None
+  oracle = subprocess.run(
+      [sys.executable, "-m", "experiments.edge_accuracy", *args,
+       "--label_only", "--labels=oracle", f"--cloud_dir={full}",
+       f"--results_csv={csv}"], cwd=root, env=env, capture_output=True,
+      text=True, timeout=600)
+  assert oracle.returncode == 1
+  assert "--label_only with --labels=oracle" in oracle.stderr
+  assert "Drop --labels=oracle" in oracle.stderr
+  assert (cache.read_bytes() if cache.exists() else None) == cached
   labelled = run("edge_accuracy", *args, "--label_only",
                  f"--results_csv={csv}", cwd=root)
   # Some may be cached by the other tests' sweeps (seed 0 shares images).
