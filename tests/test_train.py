@@ -136,6 +136,21 @@ def test_train_and_evaluate_learns_fake_data_and_keeps_frozen_layers():
     np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_found_dead_that_left_chance_later_counts_as_trained():
+  # The paper config restarts nothing: a run at chance at the dead check
+  # goes on, and may train (the paper preset's EdgeCNN0-10, N=1,200, seed 1:
+  # at chance for its first 15 epochs, 84.24% at the end).
+  tested = {"ten_crop": 0.8424, "center": 0.824}
+  untested = {"ten_crop": None, "center": None}
+  assert train_lib._trained(0.86, tested, 0.1, "no_val_improvement_30_epochs")
+  assert train_lib._trained(0.25, untested, 0.1, "max_epochs")
+  # Ended as dead (restarts exhausted), or never above twice chance: not.
+  assert not train_lib._trained(0.86, tested, 0.1, "dead")
+  assert not train_lib._trained(
+      0.5, {"ten_crop": 0.19, "center": 0.12}, 0.1, "max_epochs")
+  assert not train_lib._trained(0.15, untested, 0.1, "max_epochs")
+
+
 def test_train_labels_override_and_input_checks():
   ds = fake_dataset(n_train=40, n_test=10)
   model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
