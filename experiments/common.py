@@ -89,13 +89,15 @@ def setup_logging() -> None:
   logging.getLogger("edgecnn").setLevel(logging.INFO)
 
 
+# TrainConfig fields a flag overrides (train_config, schedule_condition).
+_FLAG_OF_FIELD = {"max_epochs": MAX_EPOCHS, "lr_patience": LR_PATIENCE,
+                  "augment": AUGMENT, "tie_break_loss": TIE_BREAK_LOSS,
+                  "restore_best": RESTORE_BEST, "crop_size": CROP_SIZE}
+
+
 def train_config() -> train_lib.TrainConfig:
   """The named config with every schedule flag that was set applied."""
-  flag_of_field = {"max_epochs": MAX_EPOCHS, "crop_size": CROP_SIZE,
-                   "lr_patience": LR_PATIENCE, "augment": AUGMENT,
-                   "tie_break_loss": TIE_BREAK_LOSS,
-                   "restore_best": RESTORE_BEST}
-  overrides = {field: flag.value for field, flag in flag_of_field.items()
+  overrides = {field: flag.value for field, flag in _FLAG_OF_FIELD.items()
                if flag.value is not None}
   return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
@@ -112,8 +114,7 @@ def schedule_condition() -> list[str]:
   config = train_config()
   parts = [f"train_config={TRAIN_CONFIG.value}"] * (
       TRAIN_CONFIG.value != "paper")
-  for field in ("max_epochs", "lr_patience", "augment", "tie_break_loss",
-                "restore_best", "crop_size"):
+  for field in _FLAG_OF_FIELD:
     if getattr(config, field) != getattr(named, field):
       parts.append(f"{field}={getattr(config, field)}")
   return parts

@@ -139,7 +139,7 @@ def test_train_and_evaluate_learns_fake_data_and_keeps_frozen_layers():
 def test_a_run_found_dead_that_left_chance_later_counts_as_trained():
   # The paper config restarts nothing: a run at chance at the dead check
   # goes on, and may train (the paper preset's EdgeCNN0-10, N=1,200, seed 1:
-  # at chance for its first 15 epochs, 84.24% at the end).
+  # at chance for its first 10 epochs, 84.24% at the end).
   tested = {"ten_crop": 0.8424, "center": 0.824}
   untested = {"ten_crop": None, "center": None}
   assert train_lib._trained(0.86, tested, 0.1, "no_val_improvement_30_epochs")
