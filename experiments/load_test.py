@@ -35,6 +35,7 @@ from experiments import cli
 from experiments import common
 from experiments import services
 from edgecnn import cloud_model
+from edgecnn import models
 
 CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "2", "4", "8", "16", "32",
                                                 "64"], "Requests in flight.")
@@ -216,11 +217,9 @@ def main(argv):
     status = httpx.get(base + "/v1/status").json()
     payload = work / "edge" / "shared_layers.bin"
     weights = work / "edge" / "versions" / f"{status['serving_version']}.weights.h5"
-    shape = json.loads(subprocess.run(
-        [sys.executable, "-c", "import sys, json; from edgecnn import models; "
-         "m, _ = models.read_payload(open(sys.argv[1], 'rb').read()); "
-         "print(json.dumps(m['input_shape']))", str(payload)],
-        env=env, capture_output=True, text=True, check=True).stdout)
+    # Read in this process: it already imports Keras (a child would cost a
+    # second TensorFlow start-up, about 8 s).
+    shape = models.read_payload(payload.read_bytes())[0]["input_shape"]
     x = np.random.default_rng(0).random((INSTANCES.value, *shape)).round(4)
     if BODY.value == "npy":
       buf = io.BytesIO()

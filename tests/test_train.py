@@ -271,18 +271,22 @@ def test_left_chance_prefers_test_accuracy():
 
 
 def test_mixed_bfloat16_trains_with_float32_weights_and_softmax():
-  ds = fake_dataset("mnist", n_train=200, n_test=40)
+  # bfloat16 is emulated on most CPUs (about 12 images/s for this tiny
+  # CloudCNN here), so three short epochs: enough to see it learn.
+  ds = fake_dataset("mnist", n_train=120, n_test=40)
   keras.mixed_precision.set_global_policy("mixed_bfloat16")
   try:
     cloud = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
     assert cloud.get_layer("block1_conv1").compute_dtype == "bfloat16"
     assert cloud.get_layer("predictions").compute_dtype == "float32"
     assert cloud.output.dtype == "float32"
-    split = data_lib.subset_split(200, 200, seed=0)
-    config = train_lib.get_config("paper", max_epochs=6, batch_size=16)
+    split = data_lib.subset_split(120, 120, seed=0)
+    config = train_lib.get_config("paper", max_epochs=3, batch_size=16)
     result = train_lib.train_and_evaluate(cloud, ds, split, config, seed=0)
-    assert all(math.isfinite(h["loss"]) for h in result.history)
-    assert result.test_accuracy_10crop > 0.5
+    losses = [h["loss"] for h in result.history]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < losses[0] - 0.3, losses  # measured 2.32 -> 1.57
+    assert result.test_accuracy_10crop >= 0.3  # chance 0.1; measured 0.6
     assert {w.dtype for w in cloud.get_weights()} == {np.dtype("float32")}
     payload = models.export_shared_layers(cloud, 3)
   finally:
