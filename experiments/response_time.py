@@ -114,6 +114,7 @@ def main(argv):
   try:
     if mode == "netns":
       topo = netem.NetnsTopology(links.edge, links.cloud).__enter__()
+      logging.info("network namespaces: %s", " ".join(topo.ns.values()))
       cloud_prefix, edge_prefix = topo.exec_prefix("cloud"), topo.exec_prefix("edge")
       cloud_bind, edge_bind, cport, eport = "0.0.0.0", "0.0.0.0", 8500, 8501
       cloud_for_edge = topo.address("cloud", "edge")
