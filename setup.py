@@ -34,7 +34,7 @@ setuptools.setup(
     ],
     extras_require={
         "figures": ["matplotlib", "nbformat", "nbclient", "ipykernel"],
-        "test": ["pytest", "matplotlib", "nbformat", "nbclient", "ipykernel",
-                 "schemathesis"],
+        "test": ["pytest", "pytest-xdist", "matplotlib", "nbformat",
+                 "nbclient", "ipykernel", "schemathesis"],
     },
 )
