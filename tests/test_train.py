@@ -286,7 +286,7 @@ def test_mixed_bfloat16_trains_with_float32_weights_and_softmax():
     losses = [h["loss"] for h in result.history]
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0] - 0.3, losses  # measured 2.32 -> 1.57
-    assert result.test_accuracy_10crop >= 0.3  # chance 0.1; measured 0.6
+    assert result.test_accuracy_10crop > 0.5  # as before the trim; measured 0.6
     assert {w.dtype for w in cloud.get_weights()} == {np.dtype("float32")}
     payload = models.export_shared_layers(cloud, 3)
   finally:
