@@ -344,7 +344,7 @@ def test_crop_protocols_rows(workspace):
   assert f"--results_csv={csv}" in record["command"]
   assert record["name"] == "mnist-compact"
   assert record["flags"]["dataset"] == "mnist"
-  assert record["commit"] == pd.read_csv(csv).commit.iloc[0]
+  assert record["commit"] == pd.read_csv(csv, dtype={"commit": str}).commit.iloc[0]
 
 
 def test_schedule_flags_override_the_named_config():
