@@ -17,6 +17,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from edgecnn import results
+
 MODEL_COLORS = {3: "tab:blue", 5: "tab:orange", 10: "tab:green"}
 DATASET_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST",
                   "cifar10": "CIFAR-10"}
@@ -65,7 +67,8 @@ def load(results_dir: str | os.PathLike, name: str) -> pd.DataFrame | None:
   path = pathlib.Path(results_dir) / f"{name}.csv"
   if not path.exists():
     return None
-  frame = pd.read_csv(path, keep_default_na=False)
+  frame = pd.read_csv(path, keep_default_na=False,
+                      dtype={c: str for c in results.TEXT_COLUMNS})
   if "value" in frame:
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")
   for col in ("num_images", "num_shared", "seed"):

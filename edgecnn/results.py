@@ -27,6 +27,11 @@ COLUMNS = ("experiment", "dataset", "preset", "model", "num_shared",
            "value", "unit", "device", "threads", "commit", "timestamp")
 # `condition` holds what else identifies a measurement, as k=v;k=v (for
 # example "link=lte;size_kb=512;emulation=proxy"); empty for most rows.
+# Columns that are always text. A reader that lets pandas guess types turns
+# an all-digit short commit such as "0123456" into the integer 123456.
+TEXT_COLUMNS = ("experiment", "dataset", "preset", "model", "labels",
+                "condition", "metric", "unit", "device", "commit",
+                "timestamp")
 KEY_COLUMNS = ("experiment", "dataset", "preset", "model", "num_shared",
                "pretrained", "labels", "num_images", "seed", "condition")
 

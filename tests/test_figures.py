@@ -161,6 +161,21 @@ def test_paper_values_inside_project():
   assert float(row.value.iloc[0]) == pytest.approx(0.7577)
 
 
+def test_load_keeps_text_columns_text(tmp_path):
+  # A short commit of digits only ("0123456") is text: guessing its type
+  # made it the integer 123456. N, seed and value still come back numbers.
+  log = results.ResultLog(tmp_path / "edge_accuracy.csv",
+                          {"experiment": "edge_accuracy", "device": "CPU",
+                           "threads": 2, "commit": "0123456"})
+  log.append({**FASHION_EDGECNN1_3, "labels": "true", "num_images": 120,
+              "seed": 1}, [("test_accuracy_10crop", 0.75, "fraction")])
+  frame = figures.load(tmp_path, "edge_accuracy")
+  assert frame.commit.tolist() == ["0123456"]
+  assert frame.condition.tolist() == [""]
+  assert frame.num_images.tolist() == [120] and frame.seed.tolist() == [1]
+  assert frame.value.tolist() == [pytest.approx(0.75)]
+
+
 def test_accuracy_summary_leaves_out_ablation_rows(tmp_path):
   log = edge_log(tmp_path)
   key = {**FASHION_EDGECNN1_3, "labels": "true", "num_images": 120, "seed": 0}
