@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
+from edgecnn import figures
 from edgecnn import results
 from tests.conftest import write_mnist_like
 
@@ -327,7 +328,7 @@ def test_crop_protocols_rows(workspace):
   root, common = workspace
   csv = root / "results" / "crop_protocols.csv"
   run("crop_protocols", *common, f"--results_csv={csv}", cwd=root)
-  rows = pd.read_csv(csv)
+  rows = figures.load(csv.parent, csv.stem)  # the commit read as text
   assert sorted(rows.metric) == ["test_accuracy_center", "test_accuracy_five_crop",
                                  "test_accuracy_ten_crop_with_mirrors"]
   assert rows.value.between(0, 1).all()
@@ -344,7 +345,7 @@ def test_crop_protocols_rows(workspace):
   assert f"--results_csv={csv}" in record["command"]
   assert record["name"] == "mnist-compact"
   assert record["flags"]["dataset"] == "mnist"
-  assert record["commit"] == pd.read_csv(csv, dtype={"commit": str}).commit.iloc[0]
+  assert record["commit"] == rows.commit.iloc[0]
 
 
 def test_schedule_flags_override_the_named_config():
