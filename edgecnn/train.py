@@ -573,6 +573,21 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     wall += schedule.restored.get("elapsed_s", 0.0)
   if checkpoint_dir:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+  best_val = schedule.best[0] if schedule.best_weights is not None else 0.0
+  # The end of training, and what the (often longer) test passes will
+  # measure: without it a log's last epoch line leaves both unsaid.
+  if not evaluate_test:
+    testing = ""
+  elif both:
+    testing = "; testing the last and the best epoch's weights"
+  elif config.restore_best and schedule.best_weights is not None:
+    testing = "; testing the best epoch's weights"
+  else:
+    testing = "; testing the last epoch's weights"
+  logger.info("%s: stopped after %d epochs (%s), best val_acc %.4f at epoch "
+              "%d, %.0f s of training%s", label, total_epochs,
+              schedule.stop_reason, best_val, schedule.best_epoch, wall,
+              testing)
 
   def test_pass():
     return eval_lib.evaluate(model, dataset.x_test, dataset.y_test,
@@ -598,7 +613,6 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     if evaluate_test:
       test = test_pass()
   trainable, frozen = models.count_params(model)
-  best_val = schedule.best[0] if schedule.best_weights is not None else 0.0
   chance = 1.0 / info.num_classes
   return TrainResult(
       epochs=total_epochs, wall_time_s=wall,

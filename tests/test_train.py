@@ -400,7 +400,7 @@ def test_noaugment_trains_on_centre_crops(monkeypatch):
 
 
 @pytest.mark.parametrize("restore_best", [True, False])
-def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch,
+def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch, caplog,
                                                        restore_best):
   ds = fake_dataset("mnist", n_train=40, n_test=10)
   split = data_lib.subset_split(40, 40, seed=0)
@@ -418,10 +418,16 @@ def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch,
   model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
   config = train_lib.get_config("paper", max_epochs=4, batch_size=16,
                                 restore_best=restore_best)
+  caplog.set_level("INFO", logger="edgecnn")
   result = train_lib.train_and_evaluate(model, ds, split, config, seed=0,
                                         evaluate_test=False)
   assert (result.epochs, result.best_epoch, result.best_val_accuracy) == (
       4, 2, 0.9)
+  # The log says where training ended; with no test pass, nothing more.
+  [stop_line] = [m for m in caplog.messages if "stopped after" in m]
+  assert stop_line.startswith(
+      "cloud_cnn: stopped after 4 epochs (max_epochs), best val_acc 0.9000 "
+      "at epoch 2, ") and stop_line.endswith(" s of training")
   expected = snapshots[1] if restore_best else snapshots[-1]
   other = snapshots[-1] if restore_best else snapshots[1]
   final = model.get_weights()
@@ -432,7 +438,10 @@ def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch,
   config = dataclasses.replace(config, test_both_weights=True)
   model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
   snapshots.clear()
+  caplog.clear()
   both = train_lib.train_and_evaluate(model, ds, split, config, seed=0)
+  assert [m for m in caplog.messages if "stopped after" in m][0].endswith(
+      " s of training; testing the last and the best epoch's weights")
   for a, b in zip(model.get_weights(), snapshots[1 if restore_best else -1]):
     np.testing.assert_array_equal(a, b)
   assert set(both.epoch_tests) == {"best", "last"}
