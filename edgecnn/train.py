@@ -573,17 +573,17 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     wall += schedule.restored.get("elapsed_s", 0.0)
   if checkpoint_dir:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
-  best_val = schedule.best[0] if schedule.best_weights is not None else 0.0
+  has_best = schedule.best_weights is not None
+  restore = config.restore_best and has_best  # the tested weights are the best
+  best_val = schedule.best[0] if has_best else 0.0
   # The end of training, and what the (often longer) test passes will
   # measure: without it a log's last epoch line leaves both unsaid.
   if not evaluate_test:
     testing = ""
-  elif both:
+  elif both and has_best:
     testing = "; testing the last and the best epoch's weights"
-  elif config.restore_best and schedule.best_weights is not None:
-    testing = "; testing the best epoch's weights"
   else:
-    testing = "; testing the last epoch's weights"
+    testing = f"; testing the {'best' if restore else 'last'} epoch's weights"
   logger.info("%s: stopped after %d epochs (%s), best val_acc %.4f at epoch "
               "%d, %.0f s of training%s", label, total_epochs,
               schedule.stop_reason, best_val, schedule.best_epoch, wall,
@@ -601,14 +601,14 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   if both:
     epoch_tests = {"last": test_pass()}  # the model holds the last weights
     epoch_tests["best"] = epoch_tests["last"]
-    if schedule.best_weights is not None:
+    if has_best:
       model.set_weights(schedule.best_weights)
       epoch_tests["best"] = test_pass()
       if not config.restore_best:
         model.set_weights(last_weights)
     test = epoch_tests["best" if config.restore_best else "last"]
   else:
-    if config.restore_best and schedule.best_weights is not None:
+    if restore:
       model.set_weights(schedule.best_weights)
     if evaluate_test:
       test = test_pass()
