@@ -241,25 +241,39 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
   """What a sweep would do, without training: one row per run.
 
   Columns: seed, num_images, model, labels, done (rows already in ``log``),
-  running (another live sweep holds the run's claim) and est_s, the median
-  wall time of the runs in ``log`` with the same dataset, preset, model, N,
-  labels and condition (any seed; NaN where none has run yet), a planning
-  aid for long grids.
+  running (another live sweep holds the run's claim), est_s and est_from.
+  est_s, a planning aid for long grids, is the median wall time of the runs
+  in ``log`` with the same dataset, preset, model, N, labels and condition
+  (any seed). Where none has run yet, it is the median of such runs on a
+  dataset of the same image shape and training set size (MNIST for
+  Fashion-MNIST and back: the same network, the same number of batches), and
+  est_from names that dataset; NaN and "" where neither has run.
   """
   rows = log.read()
   walls = rows[rows["metric"] == "wall_time"]
   keep = ["dataset", "preset", "model", "num_images", "labels", "condition"]
   medians = (walls.assign(value=pd.to_numeric(walls["value"]))
              .groupby(keep)["value"].median().to_dict()) if len(walls) else {}
+  info = data_lib.DATASETS.get(dataset_name)
+  alikes = [name for name, other in data_lib.DATASETS.items()
+            if info is not None and name != dataset_name
+            and (other.image_shape, other.num_train)
+            == (info.image_shape, info.num_train)]
   out = []
   for seed, n, _, _, key in sweep_runs(dataset_name, spec):
     lookup = tuple(results.key_text(key.get(c)) for c in keep)
+    est, source = medians.get(lookup, float("nan")), dataset_name
+    for alike in alikes:
+      if not np.isnan(est):
+        break
+      est = medians.get((alike,) + lookup[1:], float("nan"))
+      source = alike
     out.append({"seed": seed, "num_images": n, "model": key["model"],
                 "labels": key["labels"], "done": log.done(key),
                 "running": log.claimed_by(key) is not None,
-                "est_s": medians.get(lookup, float("nan"))})
+                "est_s": est, "est_from": "" if np.isnan(est) else source})
   return pd.DataFrame(out, columns=["seed", "num_images", "model", "labels",
-                                    "done", "running", "est_s"])
+                                    "done", "running", "est_s", "est_from"])
 
 
 def sweep_payloads(cloud: keras.Model | Mapping[int, bytes],

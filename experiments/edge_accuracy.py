@@ -73,8 +73,9 @@ DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Print the sweep's runs, which are already in the CSV "
     "(and which another sweep is training now, marked *) "
     "and an estimate of the time the rest take (the median wall time of the "
-    "same model and N in the CSV, any seed), then exit without loading "
-    "data or training.")
+    "same model and N in the CSV, any seed, or, marked ~, of the same run on "
+    "a dataset of the same image shape and size: MNIST for Fashion-MNIST "
+    "and back), then exit without loading data or training.")
 LABEL_ONLY = flags.DEFINE_bool(
     "label_only", False, "Have CloudCNN label every image the sweep's update "
     "phases upload (all --seeds and --num_images), save the labels in the "
@@ -112,11 +113,17 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
   if len(todo):
     todo = todo.assign(model=todo["model"].where(~todo["running"],
                                                  todo["model"] + "*"))
+    borrowed = todo["est_from"].ne(name) & todo["est_s"].notna()
+    todo = todo.assign(borrowed=borrowed)
     groups = todo.groupby(["seed", "num_images"], sort=False)
     shown = groups.agg(
         runs=("model", lambda m: " ".join(m)),
-        est_min=("est_s", lambda e: round(e.sum(min_count=len(e)) / 60, 1)))
-    print(shown.reset_index().to_string(index=False, na_rep="?"))
+        est_min=("est_s", lambda e: e.sum(min_count=len(e)) / 60),
+        borrowed=("borrowed", "any"))
+    shown["est_min"] = [
+        "?" if pd.isna(e) else ("~" if b else "") + f"{e:.1f}"
+        for e, b in zip(shown["est_min"], shown["borrowed"])]
+    print(shown.drop(columns="borrowed").reset_index().to_string(index=False))
     known = todo["est_s"].dropna()
     print(f"Estimated {known.sum() / 3600:.1f} h of training for the "
           f"{len(known)} runs whose model and N have run before (median wall "
@@ -124,6 +131,11 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
           "minutes per run)"
           + (f"; {len(todo) - len(known)} runs have no estimate."
              if len(known) < len(todo) else "."))
+    if borrowed.any():
+      sources = ", ".join(sorted(set(todo.loc[borrowed, "est_from"])))
+      print(f"~: {int(borrowed.sum())} runs have not run on {name} yet; "
+            f"their estimate is their time on {sources} (the same image "
+            "shape and number of training images).")
     if todo["running"].any():
       held = int(todo["running"].sum())
       print(f"*: {held} runs are being trained by another sweep now (claims "

@@ -104,9 +104,25 @@ def test_plan_sweep_marks_done_runs_and_estimates_from_other_seeds(tmp_path):
   todo = plan[~plan["done"]]
   # N=20 ran for seeds 0 and 1 (10 s, 30 s): median 20 s; N=40 only seed 0.
   assert todo["est_s"].tolist() == [100.0, 20.0, 100.0]
+  assert todo["est_from"].tolist() == ["mnist"] * 3
   other = dataclasses.replace(spec, head_pool="paper")
   ablation = sweeps.plan_sweep("mnist", other, log)
   assert not ablation["done"].any() and ablation["est_s"].isna().all()
+  assert ablation["est_from"].tolist() == [""] * 6
+  # A run not yet on a dataset borrows the time of a dataset of the same
+  # image shape and size (MNIST for Fashion-MNIST), never CIFAR-10's, and
+  # never when the dataset has its own.
+  fashion = sweeps.plan_sweep("fashion_mnist", spec, log)
+  assert not fashion["done"].any()
+  assert fashion["est_s"].tolist() == [20.0, 100.0] * 3
+  assert fashion["est_from"].tolist() == ["mnist"] * 6
+  assert sweeps.plan_sweep("cifar10", spec, log)["est_s"].isna().all()
+  fashion_key = {**runs[0][4], "dataset": "fashion_mnist"}
+  log.append(fashion_key, [("wall_time", 7.0, "s")])
+  fashion = sweeps.plan_sweep("fashion_mnist", spec, log)
+  assert fashion["est_s"].tolist()[1:] == [100.0, 7.0, 100.0, 7.0, 100.0]
+  assert fashion["est_from"].tolist()[1:] == ["mnist", "fashion_mnist"] * 2 + [
+      "mnist"]
 
 
 def _claim_file(log, key, **record):
