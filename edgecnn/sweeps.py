@@ -262,16 +262,13 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
   out = []
   for seed, n, _, _, key in sweep_runs(dataset_name, spec):
     lookup = tuple(results.key_text(key.get(c)) for c in keep)
-    est, source = medians.get(lookup, float("nan")), dataset_name
-    for alike in alikes:
-      if not np.isnan(est):
-        break
-      est = medians.get((alike,) + lookup[1:], float("nan"))
-      source = alike
+    source = next((name for name in [dataset_name, *alikes]
+                   if (name,) + lookup[1:] in medians), "")
     out.append({"seed": seed, "num_images": n, "model": key["model"],
                 "labels": key["labels"], "done": log.done(key),
                 "running": log.claimed_by(key) is not None,
-                "est_s": est, "est_from": "" if np.isnan(est) else source})
+                "est_s": medians.get((source,) + lookup[1:], float("nan")),
+                "est_from": source})
   return pd.DataFrame(out, columns=["seed", "num_images", "model", "labels",
                                     "done", "running", "est_s", "est_from"])
 
