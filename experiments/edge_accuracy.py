@@ -191,18 +191,28 @@ def run(experiment: str) -> int:
       checkpoint_min_images=CHECKPOINT_MIN_IMAGES.value)
 
 
-def main(argv):
-  common.reject_args(argv)
-  common.setup_logging()
+def dispatch(experiment: str) -> None:
+  """What this binary does once its flags are parsed, as ``experiment``.
+
+  --dry_run plans, --label_only labels, otherwise the sweep runs.
+  training_time calls this too, so every flag it borrows from this binary
+  means there what it means here (its --dry_run once trained instead).
+  """
   if LABEL_ONLY.value and LABELS.value == "oracle":
     raise app.UsageError(
         "--label_only with --labels=oracle: an oracle sweep trains on the "
         "true labels and needs no cloud labels. Drop --labels=oracle to "
         "label the uploads of the same grid for a --labels=cloud sweep.")
   if DRY_RUN.value:
-    print_plan(common.DATASET.value, EXPERIMENT.value)
+    print_plan(common.DATASET.value, experiment)
     return
-  run(EXPERIMENT.value)
+  run(experiment)
+
+
+def main(argv):
+  common.reject_args(argv)
+  common.setup_logging()
+  dispatch(EXPERIMENT.value)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ def main(argv):
   if edge_accuracy.NUM_IMAGES.value == ["paper"]:
     flags.FLAGS.num_images = [str(PAPER_N[common.DATASET.value])]
   experiment = edge_accuracy.EXPERIMENT.value
-  edge_accuracy.run("training_time" if experiment == "edge_accuracy"
-                    else experiment)
+  edge_accuracy.dispatch("training_time" if experiment == "edge_accuracy"
+                         else experiment)
 
 
 if __name__ == "__main__":

@@ -230,6 +230,17 @@ def test_training_time_uses_paper_sample_count(workspace):
   assert sorted(times.model) == ["EdgeCNN0-3", "EdgeCNN1-3"]
   assert (times.num_images == 100).all() and (times.value > 0).all()
   assert (rows.experiment == "training_time").all()
+  # --dry_run plans from the CSV and trains nothing, here as in
+  # edge_accuracy (it once ran the sweep, beside whatever held the cores).
+  plan = run("training_time", *common, "--seeds=0,1", "--shared=3",
+             f"--results_csv={csv}", "--dry_run", "--data_dir=/nonexistent",
+             cwd=root)
+  assert "4 runs in this sweep, 2 already there, 2 to run." in plan.stdout
+  assert ["1", "100", "EdgeCNN1-3", "EdgeCNN0-3"] == \
+      [l.split() for l in plan.stdout.splitlines()
+       if l.split()[:2] == ["1", "100"]][0][:4]
+  assert "training EdgeCNN" not in plan.stderr
+  assert len(pd.read_csv(csv)) == len(rows)
 
 
 def test_inference_time_rows(workspace):
