@@ -189,3 +189,28 @@ def cloud_directory(dataset_name: str) -> pathlib.Path:
     return pathlib.Path(CLOUD_DIR.value)
   return cloud_model.cloud_dir(WORKDIR.value, dataset_name, PRESET.value,
                                CLOUD_SEED.value)
+
+
+# The shared flags above by what reads them. absl's --help lists only the
+# flags a binary defines and those it declares key (--helpfull lists all, with
+# absl's and TensorFlow's own), so each binary declares the groups it reads:
+#   for name in common.key_flags("data", "results"):
+#     flags.declare_key_flag(name)
+FLAG_GROUPS = {
+    "data": ("dataset", "data_dir", "use_tfds"),  # load_dataset
+    "cloud": ("cloud_dir", "cloud_seed", "workdir", "preset"),  # cloud_directory
+    "training": ("train_config", *_FLAG_OF_FIELD),  # train_config
+    "results": ("results_csv",),  # result_log
+}
+
+
+def key_flags(*groups: str) -> list[str]:
+  """Names of the shared flags in ``groups`` (FLAG_GROUPS keys or flag names)."""
+  names = [name for group in groups
+           for name in FLAG_GROUPS.get(group, (group,))]
+  unknown = [name for name in names if name not in flags.FLAGS]
+  if unknown:
+    raise KeyError(f"{unknown} are neither groups of FLAG_GROUPS "
+                   f"({', '.join(FLAG_GROUPS)}) nor flags")
+  return list(dict.fromkeys(names))
+

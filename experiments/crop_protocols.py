@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import logging
 
+from absl import flags
+
 from experiments import cli
 from experiments import common
 from edgecnn import cloud_model
 from edgecnn import evaluate as eval_lib
+
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("data", "cloud", "results"):
+  flags.declare_key_flag(_name)
 
 
 def main(argv):

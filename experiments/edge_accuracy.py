@@ -27,6 +27,11 @@ from edgecnn import cloud_model
 from edgecnn import evaluate as eval_lib
 from edgecnn import sweeps
 
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("data", "cloud", "training", "results",
+                              "kernel_initializer", "tensorboard_dir"):
+  flags.declare_key_flag(_name)
+
 NUM_IMAGES = flags.DEFINE_list(
     "num_images", ["paper"], "Values of N, in run order; 'paper' is the "
     "paper's grid for --dataset. The smallest N is the initialisation phase.")

@@ -23,6 +23,10 @@ from edgecnn import data as data_lib
 from edgecnn import export
 from edgecnn import models
 
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("data", "cloud"):
+  flags.declare_key_flag(_name)
+
 BASE_DIR = flags.DEFINE_string("base_dir", "serving",
                                "TensorFlow Serving model base path.")
 MODEL = flags.DEFINE_enum("model", "cloud", ["cloud", "edge"],

@@ -22,6 +22,10 @@ from edgecnn import cloud_model
 from edgecnn import models
 from edgecnn import sweeps
 
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("data", "cloud", "results"):
+  flags.declare_key_flag(_name)
+
 NUM_TEST_IMAGES = flags.DEFINE_integer("num_test_images", 2000,
                                        "Test images classified per repeat.")
 REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per model.")

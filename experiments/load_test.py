@@ -37,6 +37,10 @@ from experiments import services
 from edgecnn import cloud_model
 from edgecnn import models
 
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("dataset", "data_dir", "cloud", "results"):
+  flags.declare_key_flag(_name)
+
 CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "2", "4", "8", "16", "32",
                                                 "64"], "Requests in flight.")
 SECONDS = flags.DEFINE_float("seconds", 10.0, "Duration of each level.")

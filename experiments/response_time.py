@@ -35,6 +35,10 @@ from edgecnn import cloud_model
 from edgecnn import netem
 from edgecnn import response_time as rt
 
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("dataset", "data_dir", "cloud", "results"):
+  flags.declare_key_flag(_name)
+
 LINK = flags.DEFINE_enum("link", "lte", ["lte", "wifi"], "Phone's radio link.")
 EMULATION = flags.DEFINE_enum("emulation", "auto", ["auto", "netns", "proxy"],
                               "How the links are emulated (see module doc).")

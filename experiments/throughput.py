@@ -24,6 +24,10 @@ from edgecnn import evaluate as eval_lib
 from edgecnn import models
 from edgecnn import train as train_lib
 
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("dataset", "training", "results"):
+  flags.declare_key_flag(_name)
+
 STEPS = flags.DEFINE_integer("steps", 20, "Mini-batches per timed repeat.")
 REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per model.")
 PRESETS = flags.DEFINE_list("presets", ["compact", "paper"], "Presets to time.")

@@ -22,6 +22,11 @@ from experiments import common
 from edgecnn import cloud_model
 from edgecnn import sweeps
 
+# --help lists these shared flags too (common.FLAG_GROUPS).
+for _name in common.key_flags("data", "preset", "workdir", "training", "results",
+                              "kernel_initializer", "tensorboard_dir"):
+  flags.declare_key_flag(_name)
+
 SEED = flags.DEFINE_integer("seed", 0, "Seed of split, initialisation, shuffle.")
 NUM_IMAGES = flags.DEFINE_integer(
     "num_images", None, "Train on a seeded subset of this many images (quick "

@@ -17,6 +17,9 @@ from experiments import cli
 from experiments import common
 from experiments import edge_accuracy
 
+# --help lists edge_accuracy's flags, which this binary runs with.
+flags.adopt_module_key_flags(edge_accuracy)
+
 PAPER_N = {"cifar10": 120, "mnist": 100, "fashion_mnist": 120}
 
 
