@@ -14,6 +14,7 @@ import shlex
 import socket
 import sys
 
+from absl import app
 from absl import flags
 
 from edgecnn import data as data_lib
@@ -78,9 +79,24 @@ USE_TFDS = flags.DEFINE_bool(
 
 
 def reject_args(argv: list[str]) -> None:
+  """Refuses stray arguments, and shared flags this binary does not read.
+
+  Every binary accepts every flag defined here, but reads only the groups it
+  declares key (FLAG_GROUPS); one it does not read would be ignored without
+  a word (throughput --preset=paper would time its --presets all the same).
+  """
   if len(argv) > 1:
     raise SystemExit(f"Unexpected arguments: {argv[1:]}; all options are "
                      "--flags (see --help).")
+  read = {flag.name for flag in flags.FLAGS.get_key_flags_for_module(sys.argv[0])}
+  unread = sorted(flag.name for flag in flags.FLAGS.get_flags_for_module(__name__)
+                  if flag.present and flag.name not in read)
+  if unread:
+    binary = _binary().rpartition(".")[2]
+    raise app.UsageError(
+        f"{binary} does not read {', '.join('--' + n for n in unread)}: it "
+        f"would be ignored. Drop it; {binary} --help lists the flags it "
+        "reads.")
 
 
 def setup_logging() -> None:
@@ -193,7 +209,8 @@ def cloud_directory(dataset_name: str) -> pathlib.Path:
 
 # The shared flags above by what reads them. absl's --help lists only the
 # flags a binary defines and those it declares key (--helpfull lists all, with
-# absl's and TensorFlow's own), so each binary declares the groups it reads:
+# absl's and TensorFlow's own), so each binary declares the groups it reads,
+# and reject_args refuses a shared flag outside them that the command sets:
 #   for name in common.key_flags("data", "results"):
 #     flags.declare_key_flag(name)
 FLAG_GROUPS = {

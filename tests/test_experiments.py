@@ -26,6 +26,16 @@ def run(module, *args, cwd):
   return proc
 
 
+# The binaries that train, and so read --train_config (common.FLAG_GROUPS).
+TRAINING = ("train_cloud", "edge_accuracy", "training_time", "throughput")
+
+
+def untrained(common):
+  """The workspace's flags for a binary that trains nothing: it refuses
+  --train_config, which it would ignore."""
+  return [a for a in common if not a.startswith("--train_config")]
+
+
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
   root = tmp_path_factory.mktemp("exp")
@@ -246,7 +256,7 @@ def test_training_time_uses_paper_sample_count(workspace):
 def test_inference_time_rows(workspace):
   root, common = workspace
   csv = root / "results" / "inference_time.csv"
-  run("inference_time", *common, "--shared=3,5", "--num_test_images=10",
+  run("inference_time", *untrained(common), "--shared=3,5", "--num_test_images=10",
       "--repeats=2", f"--results_csv={csv}", cwd=root)
   rows = pd.read_csv(csv)
   per_image = rows[rows.metric == "inference_ms_per_image"]
@@ -256,7 +266,7 @@ def test_inference_time_rows(workspace):
 
 def test_export_saved_model_reloads_in_fresh_process(workspace):
   root, common = workspace
-  proc = run("export_saved_model", *common, "--model=edge", "--num_shared=3",
+  proc = run("export_saved_model", *untrained(common), "--model=edge", "--num_shared=3",
              f"--base_dir={root / 'serving'}", "--check_images=8", cwd=root)
   assert (root / "serving" / "edgecnn" / "1" / "saved_model.pb").exists()
   assert "fresh-process reload matches" in proc.stderr
@@ -284,7 +294,8 @@ def test_user_errors_are_one_line_without_a_traceback(workspace, module, args,
   root, common = workspace
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
   proc = subprocess.run(
-      [sys.executable, "-m", f"experiments.{module}", *common,
+      [sys.executable, "-m", f"experiments.{module}",
+       *(common if module in TRAINING else untrained(common)),
        *(a.format(root=root) for a in args),
        f"--results_csv={root / 'results' / 'refused.csv'}"],
       cwd=root, env=env, capture_output=True, text=True, timeout=300)
@@ -324,6 +335,25 @@ def test_help_lists_the_flags_the_binary_reads(module, listed, unlisted):
   assert {f[2:] for f in listed.split()} <= shown, proc.stdout
   assert not {f[2:] for f in unlisted.split()} & shown
   assert not {"logtostderr", "verbosity", "only_check_args"} & shown
+
+
+@pytest.mark.parametrize("module,args,unread", [
+    ("throughput", ["--preset=paper"], "--preset"),
+    ("inference_time", ["--train_config=quick", "--max_epochs=3"],
+     "--max_epochs, --train_config"),
+])
+def test_shared_flags_a_binary_does_not_read_are_refused(tmp_path, module,
+                                                         args, unread):
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  csv = tmp_path / "r.csv"
+  proc = subprocess.run([sys.executable, "-m", f"experiments.{module}",
+                         "--dataset=mnist", *args, f"--results_csv={csv}"],
+                        cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert (f"{module} does not read {unread}: it would be ignored. Drop it; "
+          f"{module} --help lists the flags it reads.") in proc.stderr
+  assert not csv.exists() and not list(tmp_path.glob("*.json"))
 
 
 def test_key_flags_names_groups_and_refuses_unknown_names():
@@ -366,14 +396,14 @@ def test_throughput_rows(tmp_path):
 def test_crop_protocols_rows(workspace):
   root, common = workspace
   csv = root / "results" / "crop_protocols.csv"
-  run("crop_protocols", *common, f"--results_csv={csv}", cwd=root)
+  run("crop_protocols", *untrained(common), f"--results_csv={csv}", cwd=root)
   rows = figures.load(csv.parent, csv.stem)  # the commit read as text
   assert sorted(rows.metric) == ["test_accuracy_center", "test_accuracy_five_crop",
                                  "test_accuracy_ten_crop_with_mirrors"]
   assert rows.value.between(0, 1).all()
   flags_file = root / "results" / "crop_protocols.mnist-compact.flags.json"
   assert json.loads(flags_file.read_text())["dataset"] == "mnist"
-  again = run("crop_protocols", *common, f"--results_csv={csv}", cwd=root)
+  again = run("crop_protocols", *untrained(common), f"--results_csv={csv}", cwd=root)
   assert "already in" in again.stderr
   assert len(pd.read_csv(csv)) == 3  # measured once
   # The invocation is in the history with its command line.
