@@ -230,4 +230,3 @@ def key_flags(*groups: str) -> list[str]:
     raise KeyError(f"{unknown} are neither groups of FLAG_GROUPS "
                    f"({', '.join(FLAG_GROUPS)}) nor flags")
   return list(dict.fromkeys(names))
-
