@@ -261,14 +261,14 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
             == (info.image_shape, info.num_train)]
   out = []
   for seed, n, _, _, key in sweep_runs(dataset_name, spec):
-    lookup = tuple(results.key_text(key.get(c)) for c in keep)
-    source = next((name for name in [dataset_name, *alikes]
-                   if (name,) + lookup[1:] in medians), "")
+    rest = tuple(results.key_text(key.get(c)) for c in keep[1:])
+    source, est = next(((name, medians[(name,) + rest])
+                        for name in [dataset_name, *alikes]
+                        if (name,) + rest in medians), ("", float("nan")))
     out.append({"seed": seed, "num_images": n, "model": key["model"],
                 "labels": key["labels"], "done": log.done(key),
                 "running": log.claimed_by(key) is not None,
-                "est_s": medians.get((source,) + lookup[1:], float("nan")),
-                "est_from": source})
+                "est_s": est, "est_from": source})
   return pd.DataFrame(out, columns=["seed", "num_images", "model", "labels",
                                     "done", "running", "est_s", "est_from"])
 
