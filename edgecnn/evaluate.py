@@ -7,6 +7,8 @@ import hashlib
 import json
 import logging
 import os
+import pathlib
+import platform
 import statistics
 import time
 from typing import Callable
@@ -256,3 +258,44 @@ def device_description() -> tuple[str, int]:
       len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
       else os.cpu_count())
   return device, int(threads)
+
+
+# CPU features that decide which oneDNN kernels TensorFlow runs, and so the
+# last bits of every float: the same command on a CPU with another of these
+# sets trains another (equally valid) run (session 18: AVX-512/AMX vs AVX2).
+KERNEL_ISA = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni",
+              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def machine_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo"
+                        ) -> dict[str, object]:
+  """What a run's floats depend on beyond its command: the CPU model, the
+  kernel-relevant instruction sets it has (KERNEL_ISA), and the versions of
+  Python, TensorFlow, Keras and NumPy. Runs are bit-reproducible only where
+  all of these match. The CPU fields come from ``cpuinfo`` (Linux); elsewhere
+  the model is platform.processor()'s and the ISA list is empty."""
+  model, isa = platform.processor() or platform.machine(), []
+  try:
+    text = pathlib.Path(cpuinfo).read_text(errors="replace")
+  except OSError:
+    text = ""
+  for line in text.splitlines():
+    name, _, value = line.partition(":")
+    name = name.strip()
+    if name == "model name" and value.strip():
+      model = value.strip()
+    elif name == "flags":
+      have = set(value.split())
+      isa = [f for f in KERNEL_ISA if f in have]
+      break
+  return {"cpu": model, "cpu_isa": isa, "python": platform.python_version(),
+          "tensorflow": tf.__version__, "keras": keras.__version__,
+          "numpy": np.__version__}
+
+
+def machine_differences(then: dict, now: dict) -> list[str]:
+  """The fields of two machine_description()s that differ, as
+  'field: then -> now' (empty if the floats can match)."""
+  return [f"{key}: {then.get(key)} -> {now.get(key)}"
+          for key in ("cpu", "cpu_isa", "tensorflow", "keras", "numpy")
+          if then.get(key) != now.get(key)]

@@ -143,6 +143,9 @@ class TrainResult:
   # ..}, "last": {...}}, the best validation epoch's weights and the last
   # epoch's, each tested; the test_accuracy_* fields are one of them.
   epoch_tests: dict[str, dict[str, float]] | None = None
+  # The machines it trained on (evaluate.machine_description() and the
+  # epoch each took over from); two or more for a run resumed elsewhere.
+  machines: list[dict] = dataclasses.field(default_factory=list)
 
 
 # Passes over the training pipeline per epoch of model.fit: Keras 3's
@@ -187,6 +190,10 @@ class _PaperSchedule(keras.callbacks.Callback):
     # run); checkpoints keep the pipeline passes of all of them, so a resumed
     # run can bring a fresh pipeline to the pass it would have been on.
     self.data_epochs_before = 0
+    # The machines this run trained on, each from the epoch it took over
+    # (more than one only for a run resumed on another CPU or TensorFlow:
+    # it goes on, but no longer matches an uninterrupted run to the bit).
+    self.machines = [dict(eval_lib.machine_description(), from_epoch=1)]
 
   def on_train_begin(self, logs=None):
     self.lr = self.config.learning_rate
@@ -232,7 +239,30 @@ class _PaperSchedule(keras.callbacks.Callback):
     self.restored = state
     logger.info("%s: resuming from the checkpoint after epoch %d", self.label,
                 len(state["history"]))
+    self._note_machine(state.get("machines"), len(state["history"]) + 1)
     return len(state["history"])
+
+  def _note_machine(self, then: list[dict] | None, resumed_at: int) -> None:
+    """Keeps the checkpoint's machine list, adding this machine if it
+    differs; says so, as the rest of the run will not be bit-identical to
+    an uninterrupted one (oneDNN picks kernels by CPU)."""
+    now = dict(self.machines[0], from_epoch=resumed_at)
+    if not then:
+      logger.warning(
+          "%s: the checkpoint does not say which machine wrote it (written "
+          "before session 18); if that was another CPU, TensorFlow or Keras, "
+          "the resumed run will not match an uninterrupted one to the bit",
+          self.label)
+      self.machines = [now]
+      return
+    differences = eval_lib.machine_differences(then[-1], now)
+    self.machines = list(then) + [now] * bool(differences)
+    if differences:
+      logger.warning(
+          "%s: resuming at epoch %d on another machine than the one that "
+          "wrote the checkpoint (%s): training goes on, but from here its "
+          "floats will not match an uninterrupted run's", self.label,
+          resumed_at, "; ".join(differences))
 
   def _save_checkpoint(self, epoch: int) -> None:
     """Weights, optimizer and schedule state; state.json is the commit."""
@@ -246,7 +276,8 @@ class _PaperSchedule(keras.callbacks.Callback):
                  + time.perf_counter() - self.t0, restarts=self.restarts,
                  data_passes=_FIT_PASSES_PER_EPOCH * (self.data_epochs_before
                                                       + len(self.history)),
-                 rng=[v.numpy().tolist() for v in _rng_states(self.model)])
+                 rng=[v.numpy().tolist() for v in _rng_states(self.model)],
+                 machines=self.machines)
     tmp = self.checkpoint / "state.json.tmp"
     tmp.write_text(json.dumps(state, default=float))
     os.replace(tmp, self.checkpoint / "state.json")
@@ -623,4 +654,5 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
       trainable_params=trainable, frozen_params=frozen,
       stop_reason=schedule.stop_reason, restarts=restarts,
       trained=_trained(best_val, test, chance, schedule.stop_reason),
-      history=schedule.history, epoch_tests=epoch_tests)
+      history=schedule.history, epoch_tests=epoch_tests,
+      machines=schedule.machines)

@@ -178,6 +178,7 @@ def save_flags(log: results.ResultLog, name: str) -> None:
                      .isoformat(timespec="seconds"),
           "name": name, "commit": log.common.get("commit", ""),
           "host": socket.gethostname(), "pid": os.getpid(),
+          "machine": eval_lib.machine_description(),
           "command": "python -m " + _binary() + "".join(
               " " + shlex.quote(a) for a in sys.argv[1:]),
           "flags": values})

@@ -10,6 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
+from edgecnn import evaluate
 from edgecnn import figures
 from edgecnn import results
 from tests.conftest import write_mnist_like
@@ -415,6 +416,10 @@ def test_crop_protocols_rows(workspace):
   assert record["name"] == "mnist-compact"
   assert record["flags"]["dataset"] == "mnist"
   assert record["commit"] == rows.commit.iloc[0]
+  # ... and the machine, which the last bits of its floats depend on.
+  here = evaluate.machine_description()
+  assert {k: record["machine"][k] for k in ("cpu", "cpu_isa", "tensorflow")} \
+      == {k: here[k] for k in ("cpu", "cpu_isa", "tensorflow")}
 
 
 def test_schedule_flags_override_the_named_config():

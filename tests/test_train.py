@@ -178,7 +178,8 @@ def test_reinitialize_touches_only_trainable_layers():
   assert not np.array_equal(head, edge.get_layer("fc1").get_weights()[0])
 
 
-def test_checkpoint_resume_continues_where_a_killed_run_stopped(tmp_path):
+def test_checkpoint_resume_continues_where_a_killed_run_stopped(
+    tmp_path, monkeypatch, caplog):
   ds = fake_dataset("mnist", n_train=60, n_test=10)
   split = data_lib.subset_split(60, 60, seed=0)
   ckpt = tmp_path / "ckpt"
@@ -206,13 +207,57 @@ def test_checkpoint_resume_continues_where_a_killed_run_stopped(tmp_path):
   with pytest.raises(Kill):
     killing_trainer(model, config, kill_after=3)
   assert (ckpt / "state.json").exists()
+  here = eval_lib.machine_description()
+  state = json.loads((ckpt / "state.json").read_text())
+  assert state["machines"] == [dict(here, from_epoch=1)]
+  # Resumed on another CPU (session 18's machine had AVX2 where the earlier
+  # ones had AVX-512/AMX): the run goes on, and says where it changed.
+  elsewhere = dict(here, cpu="Other CPU", cpu_isa=["avx2"])
+  monkeypatch.setattr(eval_lib, "machine_description", lambda: elsewhere)
   resumed_model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=1)
-  result = train_lib.train_and_evaluate(resumed_model, ds, split, config,
-                                        seed=0, checkpoint_dir=str(ckpt),
-                                        evaluate_test=False)
+  with caplog.at_level("WARNING", logger="edgecnn"):
+    result = train_lib.train_and_evaluate(resumed_model, ds, split, config,
+                                          seed=0, checkpoint_dir=str(ckpt),
+                                          evaluate_test=False)
   assert [h["epoch"] for h in result.history] == [1, 2, 3, 4, 5]
   assert result.epochs == 5
   assert not ckpt.exists()
+  assert result.machines == [dict(here, from_epoch=1),
+                             dict(elsewhere, from_epoch=4)]
+  (warning,) = [r.getMessage() for r in caplog.records
+                if "another machine" in r.getMessage()]
+  assert f"cpu: {here['cpu']} -> Other CPU" in warning
+  assert "resuming at epoch 4" in warning
+
+
+def test_machine_description_reads_the_cpu_and_its_kernel_isa(tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text(
+      "processor\t: 0\nmodel name\t: Some Xeon\n"
+      "flags\t\t: fpu sse2 avx avx2 fma avx512f amx_tile amx_bf16\n"
+      "processor\t: 1\nmodel name\t: Some Xeon\nflags\t\t: fpu\n")
+  machine = eval_lib.machine_description(cpuinfo)
+  assert machine["cpu"] == "Some Xeon"
+  assert machine["cpu_isa"] == ["avx", "avx2", "fma", "avx512f", "amx_tile",
+                                "amx_bf16"]
+  assert machine["tensorflow"] and machine["keras"] == keras.__version__
+  assert machine["numpy"] == np.__version__
+  missing = eval_lib.machine_description(tmp_path / "none")
+  assert missing["cpu_isa"] == [] and isinstance(missing["cpu"], str)
+  assert eval_lib.machine_differences(machine, machine) == []
+  assert eval_lib.machine_differences(machine, missing) == [
+      "cpu: Some Xeon -> " + missing["cpu"],
+      "cpu_isa: ['avx', 'avx2', 'fma', 'avx512f', 'amx_tile', 'amx_bf16'] -> []"]
+
+
+def test_a_checkpoint_without_a_machine_resumes_with_a_warning(caplog):
+  config = train_lib.get_config("paper")
+  schedule = train_lib._PaperSchedule(config, 10, "run")
+  with caplog.at_level("WARNING", logger="edgecnn"):
+    schedule._note_machine(None, resumed_at=8)
+  assert "does not say which machine" in caplog.text
+  assert schedule.machines == [dict(eval_lib.machine_description(),
+                                    from_epoch=8)]
 
 
 @pytest.mark.parametrize("kill_after", [1, 3])
@@ -258,6 +303,7 @@ def test_a_resumed_run_trains_as_the_uninterrupted_run(tmp_path, kill_after):
   resumed = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=1)
   result = train(resumed, ckpt)
   assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+  assert result.machines == [dict(eval_lib.machine_description(), from_epoch=1)]
   for a, b in zip(whole.get_weights(), resumed.get_weights()):
     np.testing.assert_array_equal(a, b)
 
