@@ -835,6 +835,13 @@ def _fmt_points(diffs: pd.Series) -> str:
   return f"{100 * diffs.mean():+.2f}{spread} points (n={len(diffs)})"
 
 
+def _fmt_accuracy(values: pd.Series) -> str:
+  if values.empty:
+    return "not yet run"
+  spread = f" ± {100 * values.std():.2f}" if len(values) > 1 else ""
+  return f"{100 * values.mean():.2f}{spread} (n={len(values)})"
+
+
 def _fmt_relative(values: pd.Series) -> str:
   if values.empty:
     return "not yet run"
@@ -872,6 +879,21 @@ def headline_table(results_dir, preset: str = "compact") -> str:
         lambda x, y: x - y)))
     lines.append(f"| {DATASET_TITLES[dataset]}, {one} - {zero}, N={n:,} | "
                  f"{100 * theirs:+.2f} points | {ours} | edge_accuracy.csv |")
+  # Fig. 9: at N=60,000 each EdgeCNN1 learns from CloudCNN's labels, so its
+  # teacher's accuracy is the line to read them against.
+  cloud = load(results_dir, "train_cloud")
+  cloud = _plain(cloud, preset) if cloud is not None else None
+  theirs, ours = [], []
+  for model, frame in [(f"EdgeCNN1-{m}", edge) for m in (3, 5, 10)] + [
+      ("CloudCNN", cloud)]:
+    theirs.append(paper_value(paper, "test_accuracy_10crop", "fashion_mnist",
+                              model, 60000))
+    ours.append("not yet run" if frame is None else _fmt_accuracy(
+        _per_seed(frame, "fashion_mnist", model, 60000)))
+  lines.append("| Fashion-MNIST, N=60,000: EdgeCNN1-3 / EdgeCNN1-5 / "
+               "EdgeCNN1-10 / CloudCNN | "
+               + " / ".join(f"{100 * v:.2f}" for v in theirs) + " | "
+               + " / ".join(ours) + " | edge_accuracy.csv, train_cloud.csv |")
   for model in ("EdgeCNN1-3", "EdgeCNN0-3"):
     theirs = paper_value(paper, "accuracy_gain_100_to_5000", "cifar10", model)
     ours = ("not yet run" if edge is None else _fmt_points(_paired(
