@@ -828,18 +828,21 @@ def _paired(a: pd.Series, b: pd.Series, how) -> pd.Series:
   return pd.Series([how(a[s], b[s]) for s in both], index=both, dtype=float)
 
 
-def _fmt_points(diffs: pd.Series) -> str:
-  if diffs.empty:
-    return "not yet run"
-  spread = f" ± {100 * diffs.std():.2f}" if len(diffs) > 1 else ""
-  return f"{100 * diffs.mean():+.2f}{spread} points (n={len(diffs)})"
-
-
-def _fmt_accuracy(values: pd.Series) -> str:
+def _fmt_mean(values: pd.Series, sign: str = "", unit: str = "") -> str:
+  """Headline-table cell: percent mean, ' ± std' for more than one value,
+  the unit and the count; 'not yet run' for none."""
   if values.empty:
     return "not yet run"
   spread = f" ± {100 * values.std():.2f}" if len(values) > 1 else ""
-  return f"{100 * values.mean():.2f}{spread} (n={len(values)})"
+  return f"{100 * values.mean():{sign}.2f}{spread}{unit} (n={len(values)})"
+
+
+def _fmt_points(diffs: pd.Series) -> str:
+  return _fmt_mean(diffs, "+", " points")
+
+
+def _fmt_accuracy(values: pd.Series) -> str:
+  return _fmt_mean(values)
 
 
 def _fmt_relative(values: pd.Series) -> str:
