@@ -249,8 +249,9 @@ class _PaperSchedule(keras.callbacks.Callback):
     now = dict(self.machines[0], from_epoch=resumed_at)
     if not then:
       logger.warning(
-          "%s: the checkpoint does not say which machine wrote it (written "
-          "before session 18); if that was another CPU, TensorFlow or Keras, "
+          "%s: the checkpoint does not say which machine wrote it (an edgecnn "
+          "older than the machine record wrote it); if that was another CPU, "
+          "TensorFlow or Keras, "
           "the resumed run will not match an uninterrupted one to the bit",
           self.label)
       self.machines = [now]
