@@ -11,6 +11,15 @@ A trained cloud model lives in one directory::
   <dir>/train_labels_<mode>.npz CloudCNN's labels of training images
                                 (sweeps.CloudLabeler's cache)
 
+``train_cloud(keep_epochs=...)`` also keeps the weights of chosen epochs of
+the same run, each as a directory of its own beside it (snapshot_dir:
+``<dir>-epoch<e>/``) with build.json, dataset.json, cloud.weights.h5, the
+payloads and snapshot.json (the epoch's line of the training history); no
+SavedModel, no train_result.json. load_cloud and load_payloads read it
+like any cloud directory, so crop_protocols tests it and edge_accuracy
+trains EdgeCNN1 on it: a run's epoch-30 weights against its last, paired
+within one run.
+
 A copy of the directory without the weights and SavedModel (a few MB) is
 enough for an edge_accuracy sweep whose update-phase labels are all in the
 label cache (``edge_accuracy --label_only`` fills it where the weights are):
@@ -41,6 +50,7 @@ WEIGHTS = "cloud.weights.h5"
 BUILD = "build.json"
 DATASET = "dataset.json"
 RESULT = "train_result.json"
+SNAPSHOT = "snapshot.json"
 
 
 def cloud_dir(workdir: str | os.PathLike, dataset: str, preset: str,
@@ -49,14 +59,22 @@ def cloud_dir(workdir: str | os.PathLike, dataset: str, preset: str,
   return pathlib.Path(workdir) / "cloud" / f"{dataset}-{preset}-seed{seed}"
 
 
+def snapshot_dir(directory: str | os.PathLike, epoch: int) -> pathlib.Path:
+  """Where train_cloud(keep_epochs=...) keeps a run's weights of ``epoch``."""
+  directory = pathlib.Path(directory)
+  return directory.with_name(f"{directory.name}-epoch{epoch}")
+
+
 def payload_path(directory: str | os.PathLike, num_shared: int) -> pathlib.Path:
   return pathlib.Path(directory) / f"shared_m{num_shared}.bin"
 
 
 def save_cloud(model: keras.Model, build_args: dict,
                directory: str | os.PathLike,
-               shared: tuple[int, ...] = (3, 5, 10)) -> pathlib.Path:
-  """Saves weights, build arguments, payloads and a SavedModel."""
+               shared: tuple[int, ...] = (3, 5, 10),
+               saved_model: bool = True) -> pathlib.Path:
+  """Saves weights, build arguments, payloads and (``saved_model``) a
+  SavedModel."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   tmp = directory / (WEIGHTS + ".tmp.weights.h5")
@@ -66,8 +84,9 @@ def save_cloud(model: keras.Model, build_args: dict,
                                             sort_keys=True) + "\n")
   for m in shared:
     payload_path(directory, m).write_bytes(models.export_shared_layers(model, m))
-  export_lib.export_saved_model(model, directory / "saved_model", "cloud_cnn",
-                                1, overwrite=True)
+  if saved_model:
+    export_lib.export_saved_model(model, directory / "saved_model",
+                                  "cloud_cnn", 1, overwrite=True)
   return directory
 
 
@@ -153,7 +172,8 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
                 kernel_initializer: str = "he_normal",
                 strategy=None, tensorboard_dir: str | None = None,
                 shared: tuple[int, ...] = (3, 5, 10),
-                evaluate_test: bool = True
+                evaluate_test: bool = True,
+                keep_epochs: Iterable[int] = ()
                 ) -> tuple[keras.Model, train_lib.TrainResult]:
   """Trains CloudCNN on the 9:1 split of the training set and saves it.
 
@@ -170,6 +190,9 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
     tensorboard_dir: optional TensorBoard log directory.
     shared: the m values whose payloads are written.
     evaluate_test: run 10-crop and centre-crop testing after training.
+    keep_epochs: epochs whose weights are also kept, each in
+      snapshot_dir(directory, epoch) (see the module docstring); an epoch
+      the run does not reach is not kept.
 
   Returns:
     (model, TrainResult).
@@ -180,6 +203,21 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
                 "num_classes": info.num_classes, "preset": preset,
                 "kernel_initializer": kernel_initializer, "seed": seed}
   split = data_lib.subset_split(len(dataset.x_train), num_images, seed=seed)
+  keep_epochs = sorted({int(e) for e in keep_epochs})
+  if keep_epochs and keep_epochs[0] < 1:
+    raise ValueError(f"`keep_epochs` must be epochs >= 1. Received: "
+                     f"{keep_epochs}")
+
+  def keep(epoch: int, model: keras.Model, history_entry: dict) -> None:
+    where = snapshot_dir(directory, epoch)
+    save_cloud(model, build_args, where, shared, saved_model=False)
+    save_dataset_info(where, info)
+    (where / SNAPSHOT).write_text(json.dumps(
+        {"epoch": epoch, "of": str(directory), **history_entry}, indent=2,
+        default=float) + "\n")
+    logger.info("cloud_cnn[%s]: kept epoch %d's weights in %s", info.name,
+                epoch, where)
+
   keras.utils.set_random_seed(seed)
   scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
   with scope:
@@ -188,7 +226,8 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
       model, dataset, split, config, seed=seed, strategy=strategy,
       tensorboard_dir=tensorboard_dir, label=f"cloud_cnn[{info.name}]",
       evaluate_test=evaluate_test,
-      checkpoint_dir=str(pathlib.Path(directory) / "checkpoint"))
+      checkpoint_dir=str(pathlib.Path(directory) / "checkpoint"),
+      snapshot_epochs=keep_epochs, snapshot=keep)
   save_cloud(model, build_args, directory, shared)
   save_dataset_info(directory, info)
   summary = dataclasses.asdict(result)

@@ -47,6 +47,7 @@ import os
 import pathlib
 import shutil
 import time
+from typing import Callable, Collection
 
 import keras
 import numpy as np
@@ -177,8 +178,12 @@ class _PaperSchedule(keras.callbacks.Callback):
   progress_every_s = 60.0
 
   def __init__(self, config: TrainConfig, num_classes: int, label: str,
-               checkpoint_dir: str | None = None):
+               checkpoint_dir: str | None = None,
+               snapshot_epochs: Collection[int] = (),
+               snapshot: Callable[[int, keras.Model, dict], None] | None = None):
     super().__init__()
+    self.snapshot_epochs = frozenset(snapshot_epochs)
+    self.snapshot = snapshot
     self.config = config
     self.chance = 1.0 / num_classes
     self.label = label
@@ -337,6 +342,11 @@ class _PaperSchedule(keras.callbacks.Callback):
       self._stop("dead")
       return
     self._epoch_end(epoch, logs)
+    # Before the checkpoint: a run killed between the two retrains this
+    # epoch on resuming and takes the snapshot then; the other order would
+    # resume past the epoch without it.
+    if self.snapshot is not None and epoch + 1 in self.snapshot_epochs:
+      self.snapshot(epoch + 1, self.model, dict(self.history[-1]))
     if self.checkpoint is not None:
       self._save_checkpoint(epoch + 1)
 
@@ -507,7 +517,10 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
                        label: str | None = None,
                        strategy=None,
                        checkpoint_dir: str | None = None,
-                       trunk_cache: eval_lib.TrunkCache | None = None
+                       trunk_cache: eval_lib.TrunkCache | None = None,
+                       snapshot_epochs: Collection[int] = (),
+                       snapshot: Callable[[int, keras.Model, dict], None]
+                       | None = None
                        ) -> TrainResult:
   """Trains a model with the paper's schedule and evaluates it on test.
 
@@ -529,6 +542,11 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
       training ends).
     trunk_cache: if set, test features of a frozen trunk (EdgeCNN1) are
       taken from and kept in it (see evaluate.TrunkCache).
+    snapshot_epochs: epochs (1-based) after which ``snapshot`` is called.
+    snapshot: called as ``snapshot(epoch, model, history_entry)`` with the
+      model holding that epoch's weights (not the best so far), e.g. to save
+      them; a resumed run does not repeat the snapshots of the epochs its
+      checkpoint holds.
 
   Returns:
     A TrainResult.
@@ -565,7 +583,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   total_epochs = 0
   start = time.perf_counter()
   while True:
-    schedule = _PaperSchedule(config, info.num_classes, label, checkpoint_dir)
+    schedule = _PaperSchedule(config, info.num_classes, label, checkpoint_dir,
+                              snapshot_epochs, snapshot)
     schedule.restarts = restarts
     schedule.data_epochs_before = total_epochs
     with strategy.scope() if strategy is not None else contextlib.nullcontext():

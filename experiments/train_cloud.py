@@ -48,6 +48,14 @@ PRECISION = flags.DEFINE_enum(
     "on CPUs with AMX (oneDNN picks it by itself) training runs faster; "
     "rows carry condition precision=mixed_bfloat16, and the saved weights "
     "are float32 like any other CloudCNN's.")
+KEEP_EPOCHS = flags.DEFINE_list(
+    "keep_epochs", [], "Epochs whose weights are also kept, each as a cloud "
+    "directory of its own beside the model's (<model dir>-epoch<e>/: "
+    "weights, payloads, build.json, dataset.json and snapshot.json, the "
+    "epoch's history line; no SavedModel). crop_protocols tests one, "
+    "edge_accuracy --cloud_dir trains EdgeCNN1 on one: e.g. --keep_epochs=30 "
+    "with the stop rule compares the 30-epoch cap with the run it is part "
+    "of. An epoch the run does not reach is not kept.")
 FORCE = flags.DEFINE_bool("force", False,
                           "Retrain even if the model directory is complete.")
 
@@ -78,15 +86,35 @@ def _is_chief(strategy) -> bool:
                                   and resolver.task_id == 0))
 
 
+def keep_epochs(values: list[str], max_epochs: int | None) -> tuple[int, ...]:
+  """--keep_epochs as epochs, or a usage error naming the bad value."""
+  epochs = []
+  for value in values:
+    try:
+      epochs.append(int(value))
+    except ValueError:
+      raise app.UsageError(f"--keep_epochs takes epoch numbers (e.g. "
+                           f"--keep_epochs=10,30); received {value!r}.") from None
+  if any(e < 1 for e in epochs):
+    raise app.UsageError(f"--keep_epochs takes epochs >= 1; received {values}.")
+  past = [e for e in epochs if max_epochs is not None and e > max_epochs]
+  if past:
+    raise app.UsageError(f"--keep_epochs={','.join(values)}: epoch(s) {past} "
+                         f"come after the last one the run may train "
+                         f"(max_epochs={max_epochs}), so nothing would be kept.")
+  return tuple(sorted(set(epochs)))
+
+
 def main(argv):
   common.reject_args(argv)
   common.setup_logging()
+  config = common.train_config()
+  kept = keep_epochs(KEEP_EPOCHS.value, config.max_epochs)
   if PRECISION.value != "float32":
     import keras
     keras.mixed_precision.set_global_policy(PRECISION.value)
   strategy = make_strategy(STRATEGY.value)
   dataset = common.load_dataset()
-  config = common.train_config()
   directory = cloud_model.cloud_dir(common.WORKDIR.value, dataset.info.name,
                                     common.PRESET.value, SEED.value)
   chief = _is_chief(strategy)
@@ -106,7 +134,7 @@ def main(argv):
       kernel_initializer=common.INITIALIZER.value, strategy=strategy,
       tensorboard_dir=common.TENSORBOARD_DIR.value,
       shared=tuple(int(m) for m in SHARED.value),
-      evaluate_test=TEST_EVAL.value)
+      evaluate_test=TEST_EVAL.value, keep_epochs=kept)
   key = {"dataset": dataset.info.name, "preset": common.PRESET.value,
          "model": "CloudCNN", "num_shared": 15, "pretrained": "",
          "labels": "true",

@@ -45,6 +45,7 @@ def workspace(tmp_path_factory):
             "--use_tfds=false", f"--workdir={root / 'work'}",
             "--train_config=quick"]
   run("train_cloud", *common, "--num_images=60", "--shared=3,5",
+      "--keep_epochs=1",
       f"--results_csv={root / 'results' / 'train_cloud.csv'}", cwd=root)
   return root, common
 
@@ -66,6 +67,45 @@ def test_train_cloud_saves_model_payloads_and_rows(workspace):
   assert saved["num_images"] == 60 and saved["dataset"] == "mnist"
   assert "tt_check_filter" not in saved  # TensorFlow's own flags left out
   assert json.loads((cloud / "train_result.json").read_text())["epochs"] == 2
+
+
+def test_train_cloud_keeps_the_weights_of_the_epochs_asked_for(workspace):
+  # --keep_epochs=1 of a 2-epoch run: epoch 1's weights in a cloud
+  # directory of their own, which crop_protocols tests like any other.
+  root, common = workspace
+  final = root / "work" / "cloud" / "mnist-compact-seed0"
+  kept = root / "work" / "cloud" / "mnist-compact-seed0-epoch1"
+  for name in ["build.json", "dataset.json", "cloud.weights.h5",
+               "shared_m3.bin", "shared_m5.bin", "snapshot.json"]:
+    assert (kept / name).exists(), name
+  assert not (kept / "saved_model").exists()
+  assert not (root / "work" / "cloud" / "mnist-compact-seed0-epoch2").exists()
+  snapshot = json.loads((kept / "snapshot.json").read_text())
+  history = json.loads((final / "train_result.json").read_text())["history"]
+  assert snapshot["epoch"] == 1 and snapshot["of"] == str(final)
+  assert snapshot["val_accuracy"] == pytest.approx(history[0]["val_accuracy"])
+  from edgecnn import cloud_model
+  first, last = (cloud_model.load_cloud(d).get_weights() for d in (kept, final))
+  assert any(not (a == b).all() for a, b in zip(first, last))
+  csv = root / "results" / "crops_epoch1.csv"
+  run("crop_protocols", *untrained(common), f"--cloud_dir={kept}",
+      f"--results_csv={csv}", cwd=root)
+  rows = pd.read_csv(csv)
+  assert len(rows) == 3 and rows["value"].between(0, 1).all()
+
+
+def test_train_cloud_refuses_epochs_it_cannot_keep(workspace):
+  root, common = workspace
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.train_cloud", *common,
+       f"--workdir={root / 'refused'}", "--keep_epochs=1,5"],
+      cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert ("--keep_epochs=1,5: epoch(s) [5] come after the last one the run "
+          "may train (max_epochs=2)") in proc.stderr
+  assert not (root / "refused").exists()
 
 
 def test_train_cloud_mixed_precision_row_and_float32_weights(workspace):

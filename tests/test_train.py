@@ -499,3 +499,53 @@ def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch, caplog,
     alone = eval_lib.evaluate(model, ds.x_test, ds.y_test, crop_size=24,
                               flip=False, batch_size=config.eval_batch_size)
     assert both.epoch_tests[weights] == alone
+
+
+def test_snapshots_hold_their_epochs_weights_and_precede_the_checkpoint(
+    tmp_path, monkeypatch):
+  ds = fake_dataset("mnist", n_train=60, n_test=10)
+  split = data_lib.subset_split(60, 60, seed=0)
+
+  def train(epochs, **kwargs):
+    config = train_lib.get_config("paper", max_epochs=epochs, batch_size=16,
+                                  stop_patience=100)
+    keras.utils.set_random_seed(0)
+    model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+    train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                 evaluate_test=False, **kwargs)
+    return model
+
+  events = []
+  original = train_lib._PaperSchedule._save_checkpoint
+
+  def save(self, epoch):
+    events.append(("checkpoint", epoch))
+    original(self, epoch)
+
+  def snapshot(epoch, model, entry):
+    events.append(("snapshot", epoch, entry["epoch"]))
+    kept[epoch] = model.get_weights()
+
+  kept = {}
+  monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint", save)
+  last = train(3, snapshot_epochs=(1, 2), snapshot=snapshot,
+               checkpoint_dir=str(tmp_path / "ckpt"))
+  assert events == [("snapshot", 1, 1), ("checkpoint", 1),
+                    ("snapshot", 2, 2), ("checkpoint", 2), ("checkpoint", 3)]
+  # Epoch 1's weights are those of a run that stops after one epoch, and
+  # not the last ones.
+  for a, b in zip(kept[1], train(1).get_weights()):
+    np.testing.assert_array_equal(a, b)
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(kept[2], last.get_weights()))
+
+
+def test_train_cloud_refuses_an_epoch_before_the_first(tmp_path):
+  from edgecnn import cloud_model
+  with pytest.raises(ValueError, match=r"`keep_epochs` must be epochs >= 1. "
+                     r"Received: \[0, 30\]"):
+    cloud_model.train_cloud(fake_dataset("mnist", n_train=20, n_test=4),
+                            train_lib.get_config("quick"), preset="compact",
+                            seed=0, directory=tmp_path / "c",
+                            keep_epochs=(30, 0))
+  assert not (tmp_path / "c").exists()
