@@ -101,7 +101,7 @@ def keep_epochs(values: list[str], max_epochs: int | None) -> tuple[int, ...]:
   if past:
     raise app.UsageError(f"--keep_epochs={','.join(values)}: epoch(s) {past} "
                          f"come after the last one the run may train "
-                         f"(max_epochs={max_epochs}), so nothing would be kept.")
+                         f"(max_epochs={max_epochs}), so they would never be kept.")
   return tuple(sorted(set(epochs)))
 
 
