@@ -29,37 +29,10 @@ import urllib.parse
 import numpy as np
 import tensorflow as tf
 
-DATA_DIR_ENV = "EDGECNN_DATA_DIR"
+# Defined in config.py (no TensorFlow there) and re-exported.
+from edgecnn.config import DATA_DIR_ENV, DATASETS, DatasetInfo
+
 DEBIAN_ROOT = pathlib.Path("/usr/share/datasets")
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """Static facts about a dataset."""
-  name: str
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  num_train: int
-  num_test: int
-  flip: bool
-  default_crop: int
-  class_names: tuple[str, ...]
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        "mnist", (28, 28, 1), 10, 60000, 10000, flip=False, default_crop=24,
-        class_names=tuple(str(i) for i in range(10))),
-    "fashion_mnist": DatasetInfo(
-        "fashion_mnist", (28, 28, 1), 10, 60000, 10000, flip=True,
-        default_crop=24,
-        class_names=("t-shirt/top", "trouser", "pullover", "dress", "coat",
-                     "sandal", "shirt", "sneaker", "bag", "ankle boot")),
-    "cifar10": DatasetInfo(
-        "cifar10", (32, 32, 3), 10, 50000, 10000, flip=True, default_crop=28,
-        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog",
-                     "frog", "horse", "ship", "truck")),
-}
 
 SUBDIRS = {
     "mnist": ("mnist", "MNIST"),

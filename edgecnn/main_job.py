@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import logging
 import pathlib
@@ -43,6 +42,8 @@ from edgecnn.cloud import service as cloud_service
 from edgecnn.edge import policy as policy_lib
 from edgecnn.edge import runtime as runtime_lib
 from edgecnn.edge import service as edge_service
+# Defined in config.py (no TensorFlow there) and re-exported.
+from edgecnn.config import MainJobConfig
 
 logger = logging.getLogger("edgecnn.main_job")
 
@@ -56,32 +57,6 @@ COLUMNS = ("edge_id", "num_shared", "model_version", "deployed", "num_labels",
            "edgecnn0_test_accuracy_10crop", "cloud_test_accuracy_10crop",
            "train_time_s", "test_images", "dataset", "preset", "seed",
            "commit", "timestamp")
-
-
-@dataclasses.dataclass(frozen=True)
-class MainJobConfig:
-  """Knobs of the main job (defaults finish in about 15 min on 2 cores)."""
-  workdir: pathlib.Path
-  results_csv: pathlib.Path
-  dataset: str = "fashion_mnist"
-  data_dir: str | None = None
-  preset: str = "compact"
-  cloud_dir: pathlib.Path | None = None
-  use_shipped_cloud: bool = True
-  cloud_epochs: int = 2
-  cloud_num_images: int | None = None
-  edges: tuple[int, ...] = (3, 10)
-  num_labelled: int = 120
-  stream_per_edge: int = 1000
-  burst: int = 50
-  quiet_gap_s: float = 3.0
-  retrain_threshold: int = 500
-  edge_max_epochs: int = 25
-  test_images: int = 2000
-  quiet_bytes_per_s: float = 20_000.0
-  traffic_window_s: float = 2.0
-  seed: int = 0
-  fresh: bool = False
 
 
 def _progress(say: Callable[[str], None], message: str) -> None:

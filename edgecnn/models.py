@@ -33,10 +33,11 @@ from typing import Any, Mapping, Sequence
 import keras
 import numpy as np
 
+# Defined in config.py (no TensorFlow there) and re-exported.
+from edgecnn.config import INITIALIZERS, PRESETS
+
 CONV_GROUPS: tuple[tuple[int, int], ...] = ((3, 32), (2, 48), (5, 80), (5, 128))
 NUM_CONV_LAYERS = sum(n for n, _ in CONV_GROUPS)
-PRESETS = ("paper", "compact")
-INITIALIZERS = ("he_normal", "he_uniform", "glorot_uniform", "glorot_normal")
 HEAD_LAYER_NAMES = ("head_pool", "head_dropout1", "flatten", "fc1",
                     "head_dropout2", "predictions")
 PAYLOAD_FORMAT = "edgecnn.shared_layers.v1"

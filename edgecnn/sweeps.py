@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 
 from edgecnn import cloud_model
+# Defined in config.py (no TensorFlow there) and re-exported.
+from edgecnn.config import LABEL_SOURCES
 from edgecnn import data as data_lib
 from edgecnn import evaluate as eval_lib
 from edgecnn import models
@@ -34,7 +36,6 @@ from edgecnn import results
 from edgecnn import train as train_lib
 
 logger = logging.getLogger("edgecnn")
-LABEL_SOURCES = ("cloud", "oracle")
 
 PAPER_GRIDS = {
     "mnist": (120, 240, 360, 480, 600, 720, 840, 960, 1080, 1200, 60000),

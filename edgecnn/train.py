@@ -1,4 +1,5 @@
-"""The paper's training schedule (Sec. 4.3.1) and named configurations.
+"""The paper's training schedule (Sec. 4.3.1) and named configurations (their
+fields, TrainConfig, live in config.py and are re-exported here).
 
 The ``paper`` configuration is what Sec. 4.3.1 states: mini-batch SGD with
 batch 32 and momentum 0.9; learning rate 0.01, divided by 10 when validation
@@ -55,72 +56,10 @@ import numpy as np
 from edgecnn import data as data_lib
 from edgecnn import evaluate as eval_lib
 from edgecnn import models
+# Defined in config.py (no TensorFlow there) and re-exported.
+from edgecnn.config import CONFIGS, TrainConfig, get_config
 
 logger = logging.getLogger("edgecnn")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """Every knob of a training run."""
-  batch_size: int = 32
-  learning_rate: float = 0.01
-  momentum: float = 0.9
-  lr_decay: float = 0.1
-  lr_patience: int = 10
-  stop_patience: int = 30
-  max_lr_reduction: float = 1000.0
-  max_epochs: int | None = None
-  tie_break_loss: bool = True
-  warmup_steps: int = 0
-  clipnorm: float | None = None
-  max_restarts: int = 0
-  dead_check_epochs: int = 3
-  # Also declare a run dead at this global step if its running training
-  # accuracy is still at most 1.5x chance (0: off). For long epochs: a dead
-  # paper-preset CloudCNN would otherwise train 3 half-hour epochs first.
-  dead_check_steps: int = 0
-  crop_size: int | None = None  # None: the dataset's default crop.
-  augment: bool = True
-  # Test (and keep) the last epoch's weights (False), as Keras'
-  # EarlyStopping does by default, or the best validation epoch's (True).
-  # See the module docstring.
-  restore_best: bool = False
-  # Also test the weights restore_best did not choose, reported beside the
-  # tested ones (TrainResult.epoch_tests): one more test pass per run.
-  test_both_weights: bool = False
-  eval_batch_size: int = 256
-
-  def __post_init__(self):
-    for name in ("batch_size", "lr_patience", "stop_patience",
-                 "dead_check_epochs", "eval_batch_size"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"`{name}` must be >= 1. Received: "
-                         f"{name}={getattr(self, name)}")
-    if self.dead_check_steps < 0:
-      raise ValueError("`dead_check_steps` must be >= 0 (0: off). Received: "
-                       f"dead_check_steps={self.dead_check_steps}")
-    if self.max_epochs is not None and self.max_epochs < 1:
-      raise ValueError(f"`max_epochs` must be >= 1 or None. Received: "
-                       f"max_epochs={self.max_epochs}")
-    if not 0 < self.lr_decay < 1:
-      raise ValueError(f"`lr_decay` must be in (0, 1). Received: "
-                       f"lr_decay={self.lr_decay}")
-
-
-CONFIGS: dict[str, TrainConfig] = {
-    "paper": TrainConfig(),
-    "robust": TrainConfig(warmup_steps=100, clipnorm=5.0, max_restarts=2,
-                          dead_check_steps=300),
-    "quick": TrainConfig(max_epochs=2, stop_patience=2, lr_patience=1),
-}
-
-
-def get_config(name: str, **overrides) -> TrainConfig:
-  """A named configuration with some fields replaced."""
-  if name not in CONFIGS:
-    raise ValueError(f"Unknown training config {name!r}. Known: "
-                     f"{sorted(CONFIGS)}")
-  return dataclasses.replace(CONFIGS[name], **overrides)
 
 
 @dataclasses.dataclass

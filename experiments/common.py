@@ -17,25 +17,29 @@ import sys
 from absl import app
 from absl import flags
 
-from edgecnn import data as data_lib
-from edgecnn import evaluate as eval_lib
-from edgecnn import models
+from experiments import cli
+from edgecnn import config as config_lib
 from edgecnn import results
-from edgecnn import train as train_lib
+
+# The library loads on first use, so --help needs no TensorFlow.
+data_lib = cli.lazy_import("edgecnn.data")
+eval_lib = cli.lazy_import("edgecnn.evaluate")
+models = cli.lazy_import("edgecnn.models")
+train_lib = cli.lazy_import("edgecnn.train")
 
 # Keras dtype policies the binaries offer (train_cloud --precision,
 # throughput --precisions); float32 is every binary's default.
 PRECISION_POLICIES = ("float32", "mixed_bfloat16")
 
-DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", sorted(data_lib.DATASETS),
+DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", sorted(config_lib.DATASETS),
                             "Dataset to use.")
 DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "Directory with the datasets' original files; defaults "
-    f"to ${data_lib.DATA_DIR_ENV}, then Debian's path, then tfds.")
-PRESET = flags.DEFINE_enum("preset", "compact", list(models.PRESETS),
+    f"to ${config_lib.DATA_DIR_ENV}, then Debian's path, then tfds.")
+PRESET = flags.DEFINE_enum("preset", "compact", list(config_lib.PRESETS),
                            "CloudCNN architecture preset (see edgecnn/models.py).")
 TRAIN_CONFIG = flags.DEFINE_enum(
-    "train_config", "paper", sorted(train_lib.CONFIGS),
+    "train_config", "paper", sorted(config_lib.CONFIGS),
     "Named training schedule: paper (Sec. 4.3.1), robust (adds warm-up, "
     "clipping, dead-run restarts) or quick (2 epochs, for smoke tests).")
 MAX_EPOCHS = flags.DEFINE_integer(
@@ -65,7 +69,7 @@ CROP_SIZE = flags.DEFINE_integer(
     "crop_size", None, "Crop side for training and 10-crop testing; default "
     "24 for 28x28 datasets and 28 for CIFAR-10.")
 INITIALIZER = flags.DEFINE_enum("kernel_initializer", "he_normal",
-                                list(models.INITIALIZERS),
+                                list(config_lib.INITIALIZERS),
                                 "Initialiser of the ReLU layers.")
 WORKDIR = flags.DEFINE_string(
     "workdir", "workdir", "Where trained models and payloads are kept.")

@@ -17,8 +17,10 @@ from absl import flags
 
 from experiments import cli
 from experiments import common
-from edgecnn import cloud_model
-from edgecnn import evaluate as eval_lib
+
+# The library loads on first use, so --help needs no TensorFlow.
+cloud_model = cli.lazy_import("edgecnn.cloud_model")
+eval_lib = cli.lazy_import("edgecnn.evaluate")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
 for _name in common.key_flags("data", "cloud", "results"):

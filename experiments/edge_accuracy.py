@@ -23,9 +23,12 @@ import pandas as pd
 
 from experiments import cli
 from experiments import common
-from edgecnn import cloud_model
-from edgecnn import evaluate as eval_lib
-from edgecnn import sweeps
+from edgecnn import config as config_lib
+
+# The library loads on first use, so --help needs no TensorFlow.
+cloud_model = cli.lazy_import("edgecnn.cloud_model")
+eval_lib = cli.lazy_import("edgecnn.evaluate")
+sweeps = cli.lazy_import("edgecnn.sweeps")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
 for _name in common.key_flags("data", "cloud", "training", "results",
@@ -38,7 +41,7 @@ NUM_IMAGES = flags.DEFINE_list(
 SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 SHARED = flags.DEFINE_list("shared", ["3", "5", "10"], "Values of m.")
 LABELS = flags.DEFINE_enum(
-    "labels", "cloud", list(sweeps.LABEL_SOURCES),
+    "labels", "cloud", list(config_lib.LABEL_SOURCES),
     "Labels of the update-phase images: CloudCNN's predictions, or the "
     "ground truth (the paper's assumption that CloudCNN is always right).")
 MODELS = flags.DEFINE_enum("models", "both", ["both", "edgecnn1", "edgecnn0"],

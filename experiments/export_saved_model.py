@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 
 from absl import flags
-import keras
 
 from experiments import cli
 from experiments import common
-from edgecnn import cloud_model
-from edgecnn import data as data_lib
-from edgecnn import export
-from edgecnn import models
+
+# The library loads on first use, so --help needs no TensorFlow.
+cloud_model = cli.lazy_import("edgecnn.cloud_model")
+data_lib = cli.lazy_import("edgecnn.data")
+export = cli.lazy_import("edgecnn.export")
+models = cli.lazy_import("edgecnn.models")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
 for _name in common.key_flags("data", "cloud"):
@@ -49,7 +50,7 @@ def main(argv):
   dataset = common.load_dataset()
   cloud = cloud_model.load_cloud(common.cloud_directory(dataset.info.name))
   if MODEL.value == "cloud":
-    model: keras.Model = cloud
+    model = cloud
   else:
     model = models.build_edge_cnn(cloud, NUM_SHARED.value)
     if EDGE_WEIGHTS.value:

@@ -34,8 +34,10 @@ import numpy as np
 from experiments import cli
 from experiments import common
 from experiments import services
-from edgecnn import cloud_model
-from edgecnn import models
+
+# The library loads on first use, so --help needs no TensorFlow.
+cloud_model = cli.lazy_import("edgecnn.cloud_model")
+models = cli.lazy_import("edgecnn.models")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
 for _name in common.key_flags("dataset", "data_dir", "cloud", "results"):

@@ -21,19 +21,22 @@ from absl import app
 from absl import flags
 
 from experiments import cli
-from edgecnn import main_job
+from edgecnn import config as config_lib
 
-DEFAULTS = main_job.MainJobConfig(workdir=pathlib.Path("workdir/main_job"),
-                                  results_csv=pathlib.Path("results/main_job.csv"))
+# The library loads on first use, so --help needs no TensorFlow.
+main_job = cli.lazy_import("edgecnn.main_job")
+
+DEFAULTS = config_lib.MainJobConfig(workdir=pathlib.Path("workdir/main_job"),
+                                    results_csv=pathlib.Path("results/main_job.csv"))
 
 WORKDIR = flags.DEFINE_string("workdir", str(DEFAULTS.workdir),
                               "Cached CloudCNN, edges' stores and models.")
 RESULTS_CSV = flags.DEFINE_string("results_csv", str(DEFAULTS.results_csv),
                                   "Rows are appended here.")
 DATASET = flags.DEFINE_enum("dataset", DEFAULTS.dataset,
-                            ["mnist", "fashion_mnist", "cifar10"], "Dataset.")
+                            sorted(config_lib.DATASETS), "Dataset.")
 DATA_DIR = flags.DEFINE_string("data_dir", None, "See edgecnn.data.")
-PRESET = flags.DEFINE_enum("preset", DEFAULTS.preset, ["paper", "compact"],
+PRESET = flags.DEFINE_enum("preset", DEFAULTS.preset, list(config_lib.PRESETS),
                            "CloudCNN preset.")
 CLOUD_DIR = flags.DEFINE_string(
     "cloud_dir", None, "Use this trained CloudCNN (from train_cloud) instead "

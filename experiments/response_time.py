@@ -31,9 +31,11 @@ from absl import flags
 from experiments import cli
 from experiments import common
 from experiments import services
-from edgecnn import cloud_model
-from edgecnn import netem
-from edgecnn import response_time as rt
+
+# The library loads on first use, so --help needs no TensorFlow.
+cloud_model = cli.lazy_import("edgecnn.cloud_model")
+netem = cli.lazy_import("edgecnn.netem")
+rt = cli.lazy_import("edgecnn.response_time")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
 for _name in common.key_flags("dataset", "data_dir", "cloud", "results"):

@@ -15,14 +15,15 @@ import logging
 
 from absl import app
 from absl import flags
-import keras
 import numpy as np
 
 from experiments import cli
 from experiments import common
-from edgecnn import evaluate as eval_lib
-from edgecnn import models
-from edgecnn import train as train_lib
+
+# The library loads on first use, so --help needs no TensorFlow.
+eval_lib = cli.lazy_import("edgecnn.evaluate")
+models = cli.lazy_import("edgecnn.models")
+train_lib = cli.lazy_import("edgecnn.train")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
 for _name in common.key_flags("dataset", "training", "results"):
@@ -56,6 +57,7 @@ def main(argv):
   y = rng.integers(0, info.num_classes, len(x))
   log = common.result_log("throughput")
   common.save_flags(log, info.name)
+  import keras
   for preset in PRESETS.value:
     for precision in PRECISIONS.value:
       keras.mixed_precision.set_global_policy(precision)
@@ -65,6 +67,7 @@ def main(argv):
 
 def _measure(preset, precision, shape, info, config, x, y, log):
   """Times CloudCNN and EdgeCNN1-m of one preset under the current policy."""
+  import keras
   batch = config.batch_size
   cloud = models.build_cloud_cnn(shape, info.num_classes, preset=preset,
                                  seed=0)

@@ -19,8 +19,10 @@ from absl import flags
 
 from experiments import cli
 from experiments import common
-from edgecnn import cloud_model
-from edgecnn import sweeps
+
+# The library loads on first use, so --help needs no TensorFlow.
+cloud_model = cli.lazy_import("edgecnn.cloud_model")
+sweeps = cli.lazy_import("edgecnn.sweeps")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
 for _name in common.key_flags("data", "preset", "workdir", "training", "results",

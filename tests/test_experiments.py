@@ -363,19 +363,28 @@ def test_user_errors_are_one_line_without_a_traceback(workspace, module, args,
      "--cloud_dir --use_tfds"),
     ("response_time", "--dataset --data_dir --preset --cloud_dir", "--max_epochs"),
     ("load_test", "--dataset --data_dir --preset --cloud_dir", "--max_epochs"),
+    ("main_job", "--dataset --preset --cloud_dir --edges --retrain_threshold",
+     "--train_config"),
+    ("plot_figures", "--results_dir --out_dir --refresh_docs", "--dataset"),
 ])
 def test_help_lists_the_flags_the_binary_reads(module, listed, unlisted):
   # --help, not only --helpfull: the shared flags of experiments/common.py
   # are listed where the binary reads them (common.FLAG_GROUPS), absl's and
-  # TensorFlow's own are not.
+  # TensorFlow's own are not. And it answers without importing TensorFlow
+  # or Keras (seconds on two cores): the library loads on first use
+  # (cli.lazy_import), flag choices come from edgecnn.config.
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
-  proc = subprocess.run([sys.executable, "-m", f"experiments.{module}",
-                         "--help"], env=env, capture_output=True,
-                        text=True, timeout=300)
+  proc = subprocess.run([sys.executable, "-X", "importtime", "-m",
+                         f"experiments.{module}", "--help"], env=env,
+                        capture_output=True, text=True, timeout=300)
   shown = set(re.findall(r"^  --(?:\[no\])?(\w+)", proc.stdout, re.M))
   assert {f[2:] for f in listed.split()} <= shown, proc.stdout
   assert not {f[2:] for f in unlisted.split()} & shown
   assert not {"logtostderr", "verbosity", "only_check_args"} & shown
+  imported = set(re.findall(r"^import time:.*\|\s*([\w.]+)$", proc.stderr,
+                            re.M))
+  assert "edgecnn.config" in imported or module == "plot_figures"
+  assert not {"tensorflow", "keras"} & imported
 
 
 @pytest.mark.parametrize("module,args,unread", [
@@ -479,3 +488,12 @@ def test_schedule_flags_override_the_named_config():
                                                             False, True)
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS.lr_patience = 0
+
+
+def test_lazy_import_is_for_edgecnn_modules_only():
+  from experiments import cli
+  with pytest.raises(ValueError, match="lazy_import is for edgecnn's modules; "
+                     "received 'keras'"):
+    cli.lazy_import("keras")
+  with pytest.raises(ModuleNotFoundError, match="edgecnn.nowhere"):
+    cli.lazy_import("edgecnn.nowhere")
