@@ -39,6 +39,7 @@ from typing import Iterable
 import keras
 import numpy as np
 
+from edgecnn import config as config_lib
 from edgecnn import data as data_lib
 from edgecnn import evaluate as eval_lib
 from edgecnn import export as export_lib
@@ -191,8 +192,9 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
     shared: the m values whose payloads are written.
     evaluate_test: run 10-crop and centre-crop testing after training.
     keep_epochs: epochs whose weights are also kept, each in
-      snapshot_dir(directory, epoch) (see the module docstring); an epoch
-      the run does not reach is not kept.
+      snapshot_dir(directory, epoch) (see the module docstring). An epoch
+      before 1 or after config.max_epochs raises ValueError before any
+      training; one the stopping rule cuts off is not kept.
 
   Returns:
     (model, TrainResult).
@@ -203,10 +205,7 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
                 "num_classes": info.num_classes, "preset": preset,
                 "kernel_initializer": kernel_initializer, "seed": seed}
   split = data_lib.subset_split(len(dataset.x_train), num_images, seed=seed)
-  keep_epochs = sorted({int(e) for e in keep_epochs})
-  if keep_epochs and keep_epochs[0] < 1:
-    raise ValueError(f"`keep_epochs` must be epochs >= 1. Received: "
-                     f"{keep_epochs}")
+  keep_epochs = config_lib.kept_epochs(keep_epochs, config.max_epochs)
 
   def keep(epoch: int, model: keras.Model, history_entry: dict) -> None:
     where = snapshot_dir(directory, epoch)

@@ -115,6 +115,26 @@ def get_config(name: str, **overrides) -> TrainConfig:
   return dataclasses.replace(CONFIGS[name], **overrides)
 
 
+def kept_epochs(epochs, max_epochs: int | None = None,
+                name: str = "keep_epochs") -> tuple[int, ...]:
+  """The epochs whose weights a run keeps: sorted, each once.
+
+  Raises ValueError, prefixed with ``name``, for an epoch before the first
+  (epochs count from 1) or after ``max_epochs``: the run would never reach it.
+  """
+  kept = tuple(sorted({int(e) for e in epochs}))
+  early = [e for e in kept if e < 1]
+  if early:
+    raise ValueError(f"{name}: epoch(s) {early} come before the first "
+                     f"(epochs count from 1).")
+  past = [e for e in kept if max_epochs is not None and e > max_epochs]
+  if past:
+    raise ValueError(f"{name}: epoch(s) {past} come after the last one the "
+                     f"run may train (max_epochs={max_epochs}), so they "
+                     f"would never be kept.")
+  return kept
+
+
 @dataclasses.dataclass(frozen=True)
 class MainJobConfig:
   """Knobs of the main job (defaults finish in about 15 min on 2 cores)."""

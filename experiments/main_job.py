@@ -89,7 +89,7 @@ def main(argv):
                                           "%H:%M:%S"))
   logging.getLogger("edgecnn").addHandler(progress)
   logging.getLogger("edgecnn").setLevel(logging.INFO)
-  cfg = main_job.MainJobConfig(
+  cfg = config_lib.MainJobConfig(
       workdir=pathlib.Path(WORKDIR.value),
       results_csv=pathlib.Path(RESULTS_CSV.value), dataset=DATASET.value,
       data_dir=DATA_DIR.value, preset=PRESET.value,

@@ -17,6 +17,7 @@ import os
 from absl import app
 from absl import flags
 
+from edgecnn import config as config_lib
 from experiments import cli
 from experiments import common
 
@@ -97,14 +98,11 @@ def keep_epochs(values: list[str], max_epochs: int | None) -> tuple[int, ...]:
     except ValueError:
       raise app.UsageError(f"--keep_epochs takes epoch numbers (e.g. "
                            f"--keep_epochs=10,30); received {value!r}.") from None
-  if any(e < 1 for e in epochs):
-    raise app.UsageError(f"--keep_epochs takes epochs >= 1; received {values}.")
-  past = [e for e in epochs if max_epochs is not None and e > max_epochs]
-  if past:
-    raise app.UsageError(f"--keep_epochs={','.join(values)}: epoch(s) {past} "
-                         f"come after the last one the run may train "
-                         f"(max_epochs={max_epochs}), so they would never be kept.")
-  return tuple(sorted(set(epochs)))
+  try:
+    return config_lib.kept_epochs(epochs, max_epochs,
+                                  name=f"--keep_epochs={','.join(values)}")
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
 
 
 def main(argv):

@@ -540,12 +540,18 @@ def test_snapshots_hold_their_epochs_weights_and_precede_the_checkpoint(
              for a, b in zip(kept[2], last.get_weights()))
 
 
-def test_train_cloud_refuses_an_epoch_before_the_first(tmp_path):
+@pytest.mark.parametrize("keep, message", [
+    ((30, 0), r"keep_epochs: epoch\(s\) \[0\] come before the first"),
+    ((1, 3), r"keep_epochs: epoch\(s\) \[3\] come after the last one the "
+             r"run may train \(max_epochs=2\)"),
+])
+def test_train_cloud_refuses_epochs_it_would_never_keep(tmp_path, keep,
+                                                         message):
   from edgecnn import cloud_model
-  with pytest.raises(ValueError, match=r"`keep_epochs` must be epochs >= 1. "
-                     r"Received: \[0, 30\]"):
+  # The quick config trains at most 2 epochs.
+  with pytest.raises(ValueError, match=message):
     cloud_model.train_cloud(fake_dataset("mnist", n_train=20, n_test=4),
                             train_lib.get_config("quick"), preset="compact",
                             seed=0, directory=tmp_path / "c",
-                            keep_epochs=(30, 0))
+                            keep_epochs=keep)
   assert not (tmp_path / "c").exists()
