@@ -238,7 +238,8 @@ def sweep_runs(dataset_name: str, spec: SweepSpec
 
 
 def plan_sweep(dataset_name: str, spec: SweepSpec,
-               log: results.ResultLog) -> pd.DataFrame:
+               log: results.ResultLog,
+               others: Sequence[results.ResultLog] = ()) -> pd.DataFrame:
   """What a sweep would do, without training: one row per run.
 
   Columns: seed, num_images, model, labels, done (rows already in ``log``),
@@ -248,22 +249,33 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
   (any seed). Where none has run yet, it is the median of such runs on a
   dataset of the same image shape and training set size (MNIST for
   Fashion-MNIST and back: the same network, the same number of batches), and
-  est_from names that dataset; NaN and "" where neither has run.
+  est_from names that dataset. Where neither has, the CSVs of ``others`` are
+  read the same way, in order (an ablation's CSV borrows the times of the
+  main grid's), and est_from says "<dataset> in <file name>". NaN and ""
+  where none of them has the run.
   """
-  rows = log.read()
-  walls = rows[rows["metric"] == "wall_time"]
-  keep = ["dataset", "preset", "model", "num_images", "labels", "condition"]
-  medians = (walls.assign(value=pd.to_numeric(walls["value"]))
-             .groupby(keep)["value"].median().to_dict()) if len(walls) else {}
   info = data_lib.DATASETS.get(dataset_name)
   alikes = [name for name, other in data_lib.DATASETS.items()
             if info is not None and name != dataset_name
             and (other.image_shape, other.num_train)
             == (info.image_shape, info.num_train)]
+  keep = ["dataset", "preset", "model", "num_images", "labels", "condition"]
+
+  def wall_medians(rows: pd.DataFrame) -> dict:
+    walls = rows[rows["metric"] == "wall_time"]
+    if not len(walls):
+      return {}
+    return (walls.assign(value=pd.to_numeric(walls["value"]))
+            .groupby(keep)["value"].median().to_dict())
+
+  sources = [(wall_medians(log.read()), "")]
+  sources += [(wall_medians(other.read()), f" in {other.path.name}")
+              for other in others]
   out = []
   for seed, n, _, _, key in sweep_runs(dataset_name, spec):
     rest = tuple(results.key_text(key.get(c)) for c in keep[1:])
-    source, est = next(((name, medians[(name,) + rest])
+    source, est = next(((name + where, medians[(name,) + rest])
+                        for medians, where in sources
                         for name in [dataset_name, *alikes]
                         if (name,) + rest in medians), ("", float("nan")))
     out.append({"seed": seed, "num_images": n, "model": key["model"],

@@ -28,6 +28,7 @@ from edgecnn import config as config_lib
 # The library loads on first use, so --help needs no TensorFlow.
 cloud_model = cli.lazy_import("edgecnn.cloud_model")
 eval_lib = cli.lazy_import("edgecnn.evaluate")
+results = cli.lazy_import("edgecnn.results")
 sweeps = cli.lazy_import("edgecnn.sweeps")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
@@ -83,7 +84,9 @@ DRY_RUN = flags.DEFINE_bool(
     "and an estimate of the time the rest take (the median wall time of the "
     "same model and N in the CSV, any seed, or, marked ~, of the same run on "
     "a dataset of the same image shape and size: MNIST for Fashion-MNIST "
-    "and back), then exit without loading data or training.")
+    "and back, and then in <experiment>.csv beside the CSV, the main grid's, "
+    "when --results_csv names another one), then exit without loading data "
+    "or training.")
 LABEL_ONLY = flags.DEFINE_bool(
     "label_only", False, "Have CloudCNN label every image the sweep's update "
     "phases upload (all --seeds and --num_images), save the labels in the "
@@ -114,7 +117,12 @@ def sweep_spec(name: str) -> sweeps.SweepSpec:
 def print_plan(name: str, experiment: str) -> pd.DataFrame:
   """--dry_run: the sweep's runs, done or to do, and the time left."""
   log = common.result_log(experiment)
-  plan = sweeps.plan_sweep(name, sweep_spec(name), log)
+  # An ablation's own CSV starts empty; the main grid's times, for the same
+  # model and N, still estimate its runs.
+  main_csv = log.path.with_name(f"{experiment}.csv")
+  others = ([results.ResultLog(main_csv, {})] if main_csv.exists()
+            and main_csv.resolve() != log.path.resolve() else [])
+  plan = sweeps.plan_sweep(name, sweep_spec(name), log, others)
   todo = plan[~plan["done"]]
   print(f"{log.path}: {len(plan)} runs in this sweep, {int(plan['done'].sum())} "
         f"already there, {len(todo)} to run.")
@@ -141,9 +149,10 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
              if len(known) < len(todo) else "."))
     if borrowed.any():
       sources = ", ".join(sorted(set(todo.loc[borrowed, "est_from"])))
-      print(f"~: {int(borrowed.sum())} runs have not run on {name} yet; "
-            f"their estimate is their time on {sources} (the same image "
-            "shape and number of training images).")
+      print(f"~: {int(borrowed.sum())} runs have no time of their own for "
+            f"{name} in {log.path.name}; their estimate is the same run's "
+            f"time on {sources} (a dataset of the same image shape and "
+            "number of training images, or another CSV).")
     if todo["running"].any():
       held = int(todo["running"].sum())
       print(f"*: {held} runs are being trained by another sweep now (claims "

@@ -173,6 +173,23 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert "2 runs have no estimate" in plan.stdout
   assert "training EdgeCNN" not in plan.stderr
   assert len(pd.read_csv(csv)) == len(rows)
+  # An ablation's CSV, empty so far, borrows the main grid's times (the
+  # edge_accuracy.csv beside it) for the same model and N, marked ~.
+  ablation_csv = csv.with_name("ablation_x.csv")
+  plan = run("edge_accuracy", *common, "--num_images=20,40", "--seeds=1",
+             "--shared=3", "--models=edgecnn1",
+             f"--results_csv={ablation_csv}", "--dry_run",
+             "--cloud_dir=/nonexistent", "--data_dir=/nonexistent", cwd=root)
+  assert "2 runs in this sweep, 0 already there, 2 to run." in plan.stdout
+  walls = rows[rows.metric == "wall_time"].set_index(["model", "num_images"])
+  for n in (20, 40):
+    est = float(walls.loc[("EdgeCNN1-3", n), "value"]) / 60
+    assert ["1", str(n), "EdgeCNN1-3", f"~{est:.1f}"] in [
+        l.split() for l in plan.stdout.splitlines()]
+  assert ("2 runs have no time of their own for mnist in ablation_x.csv; "
+          "their estimate is the same run's time on mnist in "
+          "edge_accuracy.csv") in plan.stdout
+  assert not ablation_csv.exists()
   # A run another sweep is training now is marked, with where its claim is.
   holder = results.ResultLog(csv, {"experiment": "edge_accuracy"})
   key = {"dataset": "mnist", "preset": "compact",

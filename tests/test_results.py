@@ -123,6 +123,21 @@ def test_plan_sweep_marks_done_runs_and_estimates_from_other_seeds(tmp_path):
   assert fashion["est_s"].tolist()[1:] == [100.0, 7.0, 100.0, 7.0, 100.0]
   assert fashion["est_from"].tolist()[1:] == ["mnist", "fashion_mnist"] * 2 + [
       "mnist"]
+  # Another CSV's times come after this one's, both datasets: an ablation's
+  # empty CSV borrows them, named by file; its own time comes first.
+  ablation_log = results.ResultLog(tmp_path / "a.csv",
+                                   {"experiment": "edge_accuracy"})
+  borrowed = sweeps.plan_sweep("fashion_mnist", spec, ablation_log, [log])
+  assert borrowed["est_s"].tolist() == [7.0, 100.0] * 3
+  assert borrowed["est_from"].tolist() == [
+      "fashion_mnist in r.csv", "mnist in r.csv"] * 3
+  ablation_log.append({**runs[0][4], "dataset": "fashion_mnist"},
+                      [("wall_time", 3.0, "s")])
+  ablation_log.append(runs[1][4], [("wall_time", 50.0, "s")])
+  own = sweeps.plan_sweep("fashion_mnist", spec, ablation_log, [log])
+  assert own["est_s"].tolist()[1:] == [50.0, 3.0, 50.0, 3.0, 50.0]
+  assert own["est_from"].tolist()[1:] == ["mnist", "fashion_mnist"] * 2 + [
+      "mnist"]
 
 
 def _claim_file(log, key, **record):
