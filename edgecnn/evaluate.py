@@ -297,5 +297,6 @@ def machine_differences(then: dict, now: dict) -> list[str]:
   """The fields of two machine_description()s that differ, as
   'field: then -> now' (empty if the floats can match)."""
   return [f"{key}: {then.get(key)} -> {now.get(key)}"
-          for key in ("cpu", "cpu_isa", "tensorflow", "keras", "numpy")
+          for key in ("cpu", "cpu_isa", "python", "tensorflow", "keras",
+                      "numpy")
           if then.get(key) != now.get(key)]

@@ -248,6 +248,10 @@ def test_machine_description_reads_the_cpu_and_its_kernel_isa(tmp_path):
   assert eval_lib.machine_differences(machine, missing) == [
       "cpu: Some Xeon -> " + missing["cpu"],
       "cpu_isa: ['avx', 'avx2', 'fma', 'avx512f', 'amx_tile', 'amx_bf16'] -> []"]
+  # Every field the description holds is compared, Python's version too.
+  older = dict(machine, python="3.10.0")
+  assert eval_lib.machine_differences(older, machine) == [
+      f"python: 3.10.0 -> {machine['python']}"]
 
 
 def test_a_checkpoint_without_a_machine_resumes_with_a_warning(caplog):
