@@ -271,9 +271,12 @@ def machine_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo"
                         ) -> dict[str, object]:
   """What a run's floats depend on beyond its command: the CPU model, the
   kernel-relevant instruction sets it has (KERNEL_ISA), and the versions of
-  Python, TensorFlow, Keras and NumPy. Runs are bit-reproducible only where
-  all of these match. The CPU fields come from ``cpuinfo`` (Linux); elsewhere
-  the model is platform.processor()'s and the ISA list is empty."""
+  Python, TensorFlow, Keras and NumPy. Where all of these match, a run
+  repeats to the bit; where one differs it may not: float32 runs differ
+  between AVX2 and AVX-512 CPUs, and repeat between an Intel and an AMD CPU
+  that both have AVX-512 (results/REPRODUCTION.md, section 1). The CPU fields
+  come from ``cpuinfo`` (Linux); elsewhere the model is
+  platform.processor()'s and the ISA list is empty."""
   model, isa = platform.processor() or platform.machine(), []
   try:
     text = pathlib.Path(cpuinfo).read_text(errors="replace")

@@ -188,7 +188,7 @@ class _PaperSchedule(keras.callbacks.Callback):
 
   def _note_machine(self, then: list[dict] | None, resumed_at: int) -> None:
     """Keeps the checkpoint's machine list, adding this machine if it
-    differs; says so, as the rest of the run will not be bit-identical to
+    differs; says so, as the rest of the run may not be bit-identical to
     an uninterrupted one (oneDNN picks kernels by CPU)."""
     now = dict(self.machines[0], from_epoch=resumed_at)
     if not then:
@@ -196,7 +196,7 @@ class _PaperSchedule(keras.callbacks.Callback):
           "%s: the checkpoint does not say which machine wrote it (an edgecnn "
           "older than the machine record wrote it); if that was another CPU, "
           "TensorFlow or Keras, "
-          "the resumed run will not match an uninterrupted one to the bit",
+          "the resumed run may not match an uninterrupted one to the bit",
           self.label)
       self.machines = [now]
       return
@@ -206,7 +206,8 @@ class _PaperSchedule(keras.callbacks.Callback):
       logger.warning(
           "%s: resuming at epoch %d on another machine than the one that "
           "wrote the checkpoint (%s): training goes on, but from here its "
-          "floats will not match an uninterrupted run's", self.label,
+          "floats may not match an uninterrupted run's (they differ between "
+          "AVX2 and AVX-512 CPUs)", self.label,
           resumed_at, "; ".join(differences))
 
   def _save_checkpoint(self, epoch: int) -> None:
