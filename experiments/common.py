@@ -216,8 +216,7 @@ def cloud_directory(dataset_name: str) -> pathlib.Path:
 # flags a binary defines and those it declares key (--helpfull lists all, with
 # absl's and TensorFlow's own), so each binary declares the groups it reads,
 # and reject_args refuses a shared flag outside them that the command sets:
-#   for name in common.key_flags("data", "results"):
-#     flags.declare_key_flag(name)
+#   common.declare_key_flags("data", "results")
 FLAG_GROUPS = {
     "data": ("dataset", "data_dir", "use_tfds"),  # load_dataset
     "cloud": ("cloud_dir", "cloud_seed", "workdir", "preset"),  # cloud_directory
@@ -235,3 +234,16 @@ def key_flags(*groups: str) -> list[str]:
     raise KeyError(f"{unknown} are neither groups of FLAG_GROUPS "
                    f"({', '.join(FLAG_GROUPS)}) nor flags")
   return list(dict.fromkeys(names))
+
+
+def declare_key_flags(*groups: str) -> None:
+  """Declares the shared flags in ``groups`` key flags of the binary that
+  calls this (absl attributes them past this module: see the end of it)."""
+  for name in key_flags(*groups):
+    flags.declare_key_flag(name)
+
+
+# Every flag of this module is defined above. From here on absl looks past
+# this module for the module that declares a key flag, so declare_key_flags
+# declares them for its caller, the binary.
+flags.disclaim_key_flags()

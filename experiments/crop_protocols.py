@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 
-from absl import flags
-
 from experiments import cli
 from experiments import common
 
@@ -23,8 +21,7 @@ cloud_model = cli.lazy_import("edgecnn.cloud_model")
 eval_lib = cli.lazy_import("edgecnn.evaluate")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("data", "cloud", "results"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("data", "cloud", "results")
 
 
 def main(argv):

@@ -32,9 +32,8 @@ results = cli.lazy_import("edgecnn.results")
 sweeps = cli.lazy_import("edgecnn.sweeps")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("data", "cloud", "training", "results",
-                              "kernel_initializer", "tensorboard_dir"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("data", "cloud", "training", "results",
+                         "kernel_initializer", "tensorboard_dir")
 
 NUM_IMAGES = flags.DEFINE_list(
     "num_images", ["paper"], "Values of N, in run order; 'paper' is the "

@@ -25,8 +25,7 @@ export = cli.lazy_import("edgecnn.export")
 models = cli.lazy_import("edgecnn.models")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("data", "cloud"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("data", "cloud")
 
 BASE_DIR = flags.DEFINE_string("base_dir", "serving",
                                "TensorFlow Serving model base path.")

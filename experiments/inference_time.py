@@ -25,8 +25,7 @@ models = cli.lazy_import("edgecnn.models")
 sweeps = cli.lazy_import("edgecnn.sweeps")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("data", "cloud", "results"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("data", "cloud", "results")
 
 NUM_TEST_IMAGES = flags.DEFINE_integer("num_test_images", 2000,
                                        "Test images classified per repeat.")

@@ -40,8 +40,7 @@ cloud_model = cli.lazy_import("edgecnn.cloud_model")
 models = cli.lazy_import("edgecnn.models")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("dataset", "data_dir", "cloud", "results"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("dataset", "data_dir", "cloud", "results")
 
 CONCURRENCY = flags.DEFINE_list("concurrency", ["1", "2", "4", "8", "16", "32",
                                                 "64"], "Requests in flight.")

@@ -38,8 +38,7 @@ netem = cli.lazy_import("edgecnn.netem")
 rt = cli.lazy_import("edgecnn.response_time")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("dataset", "data_dir", "cloud", "results"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("dataset", "data_dir", "cloud", "results")
 
 LINK = flags.DEFINE_enum("link", "lte", ["lte", "wifi"], "Phone's radio link.")
 EMULATION = flags.DEFINE_enum("emulation", "auto", ["auto", "netns", "proxy"],

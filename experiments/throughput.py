@@ -26,8 +26,7 @@ models = cli.lazy_import("edgecnn.models")
 train_lib = cli.lazy_import("edgecnn.train")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("dataset", "training", "results"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("dataset", "training", "results")
 
 STEPS = flags.DEFINE_integer("steps", 20, "Mini-batches per timed repeat.")
 REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats per model.")

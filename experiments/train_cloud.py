@@ -26,9 +26,8 @@ cloud_model = cli.lazy_import("edgecnn.cloud_model")
 sweeps = cli.lazy_import("edgecnn.sweeps")
 
 # --help lists these shared flags too (common.FLAG_GROUPS).
-for _name in common.key_flags("data", "preset", "workdir", "training", "results",
-                              "kernel_initializer", "tensorboard_dir"):
-  flags.declare_key_flag(_name)
+common.declare_key_flags("data", "preset", "workdir", "training", "results",
+                         "kernel_initializer", "tensorboard_dir")
 
 SEED = flags.DEFINE_integer("seed", 0, "Seed of split, initialisation, shuffle.")
 NUM_IMAGES = flags.DEFINE_integer(
