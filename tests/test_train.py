@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import keras
 import numpy as np
@@ -304,8 +305,14 @@ def test_a_resumed_run_trains_as_the_uninterrupted_run(tmp_path, kill_after):
   state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
   assert state["data_passes"] == train_lib._FIT_PASSES_PER_EPOCH * kill_after
   assert len(state["rng"]) == 2  # the two dropout layers' streams
+  # Resumed from a copy in another directory, the original gone: the
+  # checkpoint holds all it needs (how results/checkpoints/ moves runs
+  # between checkouts).
+  moved = tmp_path / "elsewhere" / "checkpoint"
+  shutil.copytree(ckpt, moved)
+  shutil.rmtree(ckpt)
   resumed = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=1)
-  result = train(resumed, ckpt)
+  result = train(resumed, str(moved))
   assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
   assert result.machines == [dict(eval_lib.machine_description(), from_epoch=1)]
   for a, b in zip(whole.get_weights(), resumed.get_weights()):
