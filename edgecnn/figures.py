@@ -514,25 +514,19 @@ def ablation_table(results_dir, name: str, dataset: str, *,
       ``best_epoch_test_accuracy_10crop`` against the ``test_accuracy_10crop``
       of an archive that tested the best epoch's weights).
   """
-  frames = {}
   metrics = {name: metric, base: base_metric or metric}
+  frames = {}
   for stem in (base, name):
     frame = load(results_dir, stem)
     if frame is None:
       raise FileNotFoundError(
           f"No {stem}.csv in {results_dir}; ablation_table compares two "
           "result CSVs of the same runs.")
-    rows = frame[(frame.dataset == dataset) & (frame.metric == metrics[stem])]
-    rows = _plain(rows, preset) if stem == base else rows[
-        rows.preset == preset]
-    frames[stem] = rows.groupby(["model", "num_images", "seed"])[
-        "value"].mean()
-  both = frames[base].index.intersection(frames[name].index)
-  if both.empty:
+    frames[stem] = frame
+  pairs = _ablation_pairs(frames[base], frames[name], dataset, preset,
+                          metrics[base], metric)
+  if pairs.empty:
     return f"No run of {name}.csv is in {base}.csv.\n"
-  pairs = pd.DataFrame({"base": frames[base][both],
-                        "ablation": frames[name][both]}).reset_index()
-  pairs["diff"] = pairs["ablation"] - pairs["base"]
   paper = _paper_accuracy(dataset)
 
   lines = [f"| model | N | {base} | {name} | {name} - {base}, paired | "
@@ -548,6 +542,125 @@ def ablation_table(results_dir, name: str, dataset: str, *,
               else f"{name}'s {metric} against {base}'s {metrics[base]}")
   return "\n".join(lines) + f"\n\n{compared}, mean±std over seeds.\n"
 
+
+def _ablation_pairs(base: pd.DataFrame, ablation: pd.DataFrame, dataset: str,
+                    preset: str, base_metric: str,
+                    metric: str) -> pd.DataFrame:
+  """Runs of ``ablation`` paired with the same runs of ``base`` (dataset,
+  preset, model, N, seed): columns model, num_images, seed, base, ablation,
+  diff. The base's rows are those without a condition, the ablation's all of
+  its rows of the preset."""
+  keys = ["model", "num_images", "seed"]
+  needed = {"dataset", "preset", "metric", "value", *keys}
+  if not needed <= set(base.columns) or not needed <= set(ablation.columns):
+    return pd.DataFrame(columns=[*keys, "base", "ablation", "diff"])
+  per = {}
+  for which, frame, wanted in (("base", base, base_metric),
+                               ("ablation", ablation, metric)):
+    rows = frame[(frame.dataset == dataset) & (frame.metric == wanted)]
+    rows = (_plain(rows, preset) if which == "base"
+            else rows[rows.preset == preset])
+    per[which] = rows.groupby(keys)["value"].mean()
+  both = per["base"].index.intersection(per["ablation"].index)
+  pairs = pd.DataFrame({"base": per["base"][both],
+                        "ablation": per["ablation"][both]}).reset_index()
+  pairs["diff"] = pairs["ablation"] - pairs["base"]
+  return pairs
+
+
+def ablation_summary(results_dir, *, base: str = "edge_accuracy",
+                     preset: str = "compact", weights: str = "last",
+                     crop: str = "10crop") -> str:
+  """What each ablation bought: every other result CSV of results_dir with
+  runs of ``base`` (the same dataset, preset, model, N and seed), one line
+  per CSV and dataset, as Markdown.
+
+  Runs pair on the same weights, ``<weights>_epoch_test_accuracy_<crop>``:
+  the last epoch's or the best validation epoch's, which every run since
+  ``--test_both_weights`` reports. An older run reports only
+  ``test_accuracy_*``, of whichever weights its command chose, which the CSV
+  does not record; such runs are left out and their CSVs named under the
+  table (ablation_table compares them with the base they were measured
+  against). A line gives the CSV's conditions, how many runs pair, the models
+  and N, the paired difference ablation - base (mean±std over the runs,
+  points) and how many runs it raised, lowered or left equal; ablation_table
+  gives one CSV cell by cell. The base's runs are those without a condition.
+
+  Args:
+    results_dir: directory of the result CSVs.
+    base: the CSV the others are compared with.
+    preset: whose rows (compact or paper).
+    weights: ``last`` or ``best``.
+    crop: the test protocol compared, ``10crop`` or ``center``.
+  """
+  for name, value, allowed in (("weights", weights, ("last", "best")),
+                               ("crop", crop, ("10crop", "center"))):
+    if value not in allowed:
+      raise ValueError(f"`{name}` must be one of {allowed}. Received: "
+                       f"{value!r}")
+  metric = f"{weights}_epoch_test_accuracy_{crop}"
+  base_frame = load(results_dir, base)
+  if base_frame is None:
+    return f"No {base}.csv in {results_dir} to compare the ablations with.\n"
+  lines = ["| CSV | dataset | condition | paired runs | models | N | "
+           "difference, points | higher / lower / equal |",
+           "|---|---|---|---|---|---|---|---|"]
+  unrecorded, unpaired, unreadable = [], [], []
+  for path in sorted(pathlib.Path(results_dir).glob("*.csv")):
+    if path.stem == base:
+      continue
+    try:
+      frame = load(results_dir, path.stem)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError,
+            UnicodeDecodeError) as e:
+      unreadable.append(f"{path.name} ({type(e).__name__}: {e})")
+      continue
+    datasets = (sorted(set(frame.dataset))
+                if {"dataset", "metric"} <= set(frame.columns) else [])
+    legacy, paired = 0, False
+    for dataset in datasets:
+      pairs = _ablation_pairs(base_frame, frame, dataset, preset, metric,
+                              metric)
+      # Runs of base reported only under the plain metric: older runs.
+      legacy += len(_ablation_pairs(
+          base_frame, frame, dataset, preset, f"test_accuracy_{crop}",
+          f"test_accuracy_{crop}")) - len(pairs)
+      if pairs.empty:
+        continue
+      paired = True
+      rows = frame[(frame.dataset == dataset) & (frame.preset == preset)]
+      conditions = (sorted(set(rows.condition.astype(str)) - {""})
+                    if "condition" in rows else [])
+      models = sorted(set(pairs.model), key=_model_order)
+      sizes = sorted(int(n) for n in set(pairs.num_images))
+      size_text = (f"{sizes[0]:,}" if len(sizes) == 1
+                   else f"{sizes[0]:,}-{sizes[-1]:,} ({len(sizes)})")
+      diff = pairs["diff"]
+      lines.append(
+          f"| {path.stem} | {dataset} | {'; '.join(conditions) or '–'} | "
+          f"{len(pairs)} | {', '.join(models)} | {size_text} | "
+          f"{_mean_std(diff, '+')} | {int((diff > 0).sum())} / "
+          f"{int((diff < 0).sum())} / {int((diff == 0).sum())} |")
+    if legacy:
+      unrecorded.append(f"{path.stem}.csv ({legacy})")
+    elif not paired:
+      unpaired.append(f"{path.stem}.csv")
+  if len(lines) == 2:
+    text = (f"No CSV in {results_dir} has runs of {base}.csv that report "
+            f"{metric}.\n")
+  else:
+    text = ("\n".join(lines) + f"\n\n{metric}, paired per run (dataset, "
+            f"model, N, seed) with {base}.csv's run without a condition; "
+            "difference: mean±std over the paired runs.\n")
+  if unrecorded:
+    text += (f"\nRuns of {base}.csv left out because they do not record "
+             f"which weights they tested (no {metric}): "
+             + ", ".join(unrecorded) + ".\n")
+  if unpaired:
+    text += (f"\nNo run in {base}.csv: " + ", ".join(unpaired) + ".\n")
+  if unreadable:
+    text += "\nNot readable as a CSV: " + "; ".join(unreadable) + ".\n"
+  return text
 
 
 def preset_table(results_dir, dataset: str, *,
@@ -662,8 +775,8 @@ def training_time_table(results_dir, *, preset: str = "compact",
 # The tables a document may embed between markers (refresh_tables); each is
 # called with the results directory first.
 DOC_TABLES = ("accuracy_table", "bar_table", "headline_table",
-              "weights_table", "ablation_table", "preset_table",
-              "training_time_table")
+              "weights_table", "ablation_table", "ablation_summary",
+              "preset_table", "training_time_table")
 # Markers are whole lines, so prose may quote them.
 _OPEN, _CLOSE = r"^<!-- table: (?P<call>[^\n]*?) -->", r"^<!-- end table -->$"
 _TABLE_OPEN = re.compile(_OPEN + "$", re.M)
@@ -803,6 +916,9 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
         f"## {DATASET_TITLES[d]}: the best validation epoch's weights "
         f"against the last epoch's (%), 10-crop\n\n"
         + weights_table(results_dir, d))
+  sections.append("## What each ablation bought: every other CSV's runs "
+                  "against the same runs of edge_accuracy.csv\n\n"
+                  + ablation_summary(results_dir))
   tables.write_text("\n".join(sections))
   written.append(tables)
   return written

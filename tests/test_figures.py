@@ -343,6 +343,48 @@ def test_ablation_table_pairs_runs_across_two_csvs(tmp_path):
     figures.ablation_table(tmp_path, "ablation_head", "fashion_mnist")
 
 
+def test_ablation_summary_pairs_every_csv_on_the_same_weights(tmp_path):
+  base = edge_log(tmp_path)
+  ablation = edge_log(tmp_path, "ablation_head")
+  older = edge_log(tmp_path, "ablation_robust")
+  key = {**FASHION_EDGECNN1_3, "labels": "cloud", "num_images": 120}
+  last = "last_epoch_test_accuracy_10crop"
+  for seed, plain, head in ((0, 0.70, 0.71), (1, 0.72, 0.715), (2, None, 0.9)):
+    if plain is not None:  # seed 2 has no run in the base: left out
+      base.append({**key, "seed": seed},
+                  [(last, plain, "fraction"),
+                   ("test_accuracy_10crop", plain, "fraction")])
+    ablation.append({**key, "seed": seed, "condition": "head_pool=paper"},
+                    [(last, head, "fraction"),
+                     ("test_accuracy_10crop", head, "fraction")])
+  # The base's own ablation rows never stand in for its plain runs.
+  base.append({**key, "seed": 0, "condition": "x=1"},
+              [(last, 0.1, "fraction")])
+  # A run from before the last and best weights were both reported: which
+  # weights its test_accuracy measured is not in the CSV, so it is not paired.
+  older.append({**key, "seed": 0}, [("test_accuracy_10crop", 0.5, "fraction")])
+  pd.DataFrame({"edge_id": ["e"], "version": [1]}).to_csv(
+      tmp_path / "main_job.csv", index=False)
+  (tmp_path / "response_time.csv").write_text("")
+
+  summary = figures.ablation_summary(tmp_path)
+  assert ("| ablation_head | fashion_mnist | head_pool=paper | 2 | EdgeCNN1-3 "
+          "| 120 | +0.25±1.06 | 1 / 1 / 0 |") in summary
+  assert "ablation_robust |" not in summary
+  assert ("do not record which weights they tested (no "
+          "last_epoch_test_accuracy_10crop): ablation_robust.csv (1).") in summary
+  assert "No run in edge_accuracy.csv: main_job.csv." in summary
+  assert ("Not readable as a CSV: response_time.csv (EmptyDataError: "
+          in summary)
+  # The same through a document's table marker.
+  doc = "<!-- table: ablation_summary() -->\nold\n<!-- end table -->\n"
+  assert "| ablation_head |" in figures.refresh_tables(doc, tmp_path)
+  with pytest.raises(ValueError, match="`weights` must be one of"):
+    figures.ablation_summary(tmp_path, weights="final")
+  assert figures.ablation_summary(tmp_path, base="absent").startswith(
+      "No absent.csv in")
+
+
 def test_preset_table_compares_presets_on_the_seeds_both_have(tmp_path):
   log = edge_log(tmp_path)
   key = {**FASHION_EDGECNN1_3, "labels": "cloud", "num_images": 120}
