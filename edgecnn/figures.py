@@ -514,8 +514,8 @@ def ablation_table(results_dir, name: str, dataset: str, *,
       ``best_epoch_test_accuracy_10crop`` against the ``test_accuracy_10crop``
       of an archive that tested the best epoch's weights).
   """
-  metrics = {name: metric, base: base_metric or metric}
   frames = {}
+  metrics = {name: metric, base: base_metric or metric}
   for stem in (base, name):
     frame = load(results_dir, stem)
     if frame is None:
