@@ -339,7 +339,7 @@ def accuracy_table(results_dir, dataset: str, *, preset: str = "compact",
 
 
 def bar_table(results_dir, dataset: str, *, preset: str = "compact",
-              name: str = "edge_accuracy") -> str:
+              name: str = "edge_accuracy", zeros: str | None = None) -> str:
   """The issue's bar as Markdown: EdgeCNN1-m minus the paper's cell, per N.
 
   Each cell is ours (mean over seeds) minus the paper's Table 2/3 value, in
@@ -353,10 +353,20 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
     dataset: mnist, fashion_mnist or cifar10.
     preset: whose rows are ours.
     name: the CSV's stem.
+    zeros: stem of a CSV whose EdgeCNN0-m rows the gap pairs with when `name`
+      has none for a model (an ablation of the CloudCNN, say, trains only
+      EdgeCNN1: EdgeCNN0 never sees the CloudCNN, so the main grid's runs of
+      the same seed, trained on the same images, are its baseline). The line
+      names the CSV they came from.
   """
   edge = load(results_dir, name)
   if edge is None or edge.empty:
     return f"No {name}.csv yet.\n"
+  baseline = None
+  if zeros is not None:
+    baseline = load(results_dir, zeros)
+    if baseline is None or baseline.empty:
+      return f"No {zeros}.csv yet (the EdgeCNN0 rows of the gap).\n"
   summary = accuracy_summary(edge, dataset, preset=preset)
   paper = _paper_accuracy(dataset)
   cells, ns = {}, set()
@@ -389,11 +399,15 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
                   for model, n, d, k in below) + ".")]
   n0 = int(summary.num_images.min())  # not empty: cells came from it
   plain = _plain(edge, preset)
-  gaps = []
+  gaps, borrowed = [], False
   for m in (3, 5, 10):
     one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
-    diffs = _paired(_per_seed(plain, dataset, one, n0),
-                    _per_seed(plain, dataset, zero, n0), lambda x, y: x - y)
+    zero_accuracy = _per_seed(plain, dataset, zero, n0)
+    if zero_accuracy.empty and baseline is not None:
+      zero_accuracy = _per_seed(_plain(baseline, preset), dataset, zero, n0)
+      borrowed = borrowed or not zero_accuracy.empty
+    diffs = _paired(_per_seed(plain, dataset, one, n0), zero_accuracy,
+                    lambda x, y: x - y)
     a, b = (paper_value(paper, "test_accuracy_10crop", dataset, model, n0)
             for model in (one, zero))
     if diffs.empty:
@@ -401,8 +415,9 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
     theirs = "" if a is None or b is None else f" (paper {100 * (a - b):+.2f})"
     gaps.append(f"m={m} {_fmt_points(diffs)}{theirs}")
   if gaps:
-    text.append(f"Gap EdgeCNN1-m - EdgeCNN0-m at N={n0:,}, paired per seed: "
-                + "; ".join(gaps) + ".")
+    source = f" (EdgeCNN0-m from {zeros}.csv)" if borrowed else ""
+    text.append(f"Gap EdgeCNN1-m - EdgeCNN0-m at N={n0:,}{source}, paired "
+                "per seed: " + "; ".join(gaps) + ".")
   return "\n".join(lines) + "\n\nOurs (mean over seeds) minus the paper, " \
       "points; n seeds.\n" + "\n".join(text) + "\n"
 

@@ -532,3 +532,38 @@ def test_bar_table_is_ours_minus_the_paper_per_cell(results_dir):
       results_dir, "cifar10")
   assert "No nothing.csv yet" in figures.bar_table(results_dir, "mnist",
                                                    name="nothing")
+
+
+def test_bar_table_takes_the_gaps_edgecnn0_from_another_csv(tmp_path):
+  # An ablation of the CloudCNN trains EdgeCNN1 only; its gap at the smallest
+  # N pairs with the main grid's EdgeCNN0 of the same seeds.
+  main, ablation = edge_log(tmp_path), edge_log(tmp_path, "ablation_teacher")
+  for seed in (0, 1, 2):
+    for n in (120, 240):
+      for m in (3, 5, 10):
+        key = {"dataset": "fashion_mnist", "preset": "compact",
+               "num_shared": m, "labels": "cloud", "num_images": n,
+               "seed": seed}
+        main.append({**key, "model": f"EdgeCNN0-{m}", "pretrained": False},
+                    [("test_accuracy_10crop", 0.5 + seed / 100, "fraction")])
+        main.append({**key, "model": f"EdgeCNN1-{m}", "pretrained": True},
+                    [("test_accuracy_10crop", 0.6, "fraction")])
+        if seed < 2:  # seed 2's EdgeCNN0 has no EdgeCNN1 to pair with
+          ablation.append({**key, "model": f"EdgeCNN1-{m}", "pretrained": True},
+                          [("test_accuracy_10crop", 0.8, "fraction")])
+  alone = figures.bar_table(tmp_path, "fashion_mnist", name="ablation_teacher")
+  assert "Gap" not in alone  # no EdgeCNN0 row of its own: no gap to show
+  table = figures.bar_table(tmp_path, "fashion_mnist", name="ablation_teacher",
+                            zeros="edge_accuracy")
+  assert table.splitlines()[:5] == alone.splitlines()[:5]
+  # 0.8 - (0.5 + seed/100) over seeds 0 and 1: 30 and 29 points.
+  assert ("Gap EdgeCNN1-m - EdgeCNN0-m at N=120 (EdgeCNN0-m from "
+          "edge_accuracy.csv), paired per seed: m=3 +29.50 ± 0.71 points (n=2)"
+          in table)
+  # The main grid has EdgeCNN0 of its own: its line names no other CSV.
+  own = figures.bar_table(tmp_path, "fashion_mnist", zeros="edge_accuracy")
+  assert "paired per seed: m=3 +9.00 ± 1.00 points (n=3)" in own
+  assert "from edge_accuracy.csv" not in own
+  assert "No missing.csv yet (the EdgeCNN0 rows of the gap)" in (
+      figures.bar_table(tmp_path, "fashion_mnist", name="ablation_teacher",
+                        zeros="missing"))
