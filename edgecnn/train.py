@@ -429,6 +429,67 @@ def _checkpointed_restarts(checkpoint_dir: str | None) -> int:
   return int(json.loads(state.read_text()).get("restarts", 0))
 
 
+def snapshot_checkpoint(source: str | os.PathLike, dest: str | os.PathLike,
+                        *, attempts: int = 5) -> dict:
+  """Copies a run's per-epoch checkpoint, consistent while the run trains on.
+
+  A checkpoint directory (``train_cloud``'s, or an ``edge_accuracy`` run's
+  of 10,000 images or more) holds ``state.json`` and the two files it names,
+  the epoch's weights and the best epoch's; at each epoch's end the run
+  writes the new pair, swaps ``state.json`` and deletes the old pair, so a
+  plain copy taken as an epoch ends can hold a state whose files are gone.
+  This copies the named files, checks that ``state.json`` did not change
+  meanwhile (else tries again, up to ``attempts`` times), and only then puts
+  the copy at ``dest``, replacing what was there: a failed snapshot leaves
+  ``dest`` as it was. Copy ``dest`` back to where the command writes its
+  checkpoint and rerun the command to resume (results/checkpoints/README.md).
+
+  Returns ``{"epoch": epochs done, "best_epoch": ..., "files": [...]}``.
+  Raises FileNotFoundError if ``source`` holds no checkpoint, RuntimeError if
+  a consistent copy was not caught in ``attempts`` tries.
+  """
+  source, dest = pathlib.Path(source), pathlib.Path(dest)
+  state_path = source / "state.json"
+  if not state_path.is_file():
+    raise FileNotFoundError(
+        f"No checkpoint at {source} (no state.json there). A checkpoint is "
+        "the directory a run writes after each epoch: "
+        "<workdir>/cloud/<dataset>-<preset>-seed<s>/checkpoint/ for "
+        "train_cloud, <workdir>/sweep_checkpoints/<run>/ for edge_accuracy.")
+  if dest.resolve() == source.resolve():
+    raise ValueError(f"snapshot_checkpoint: dest is the source ({source})")
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  for _ in range(max(1, attempts)):
+    before = state_path.read_bytes()
+    state = json.loads(before)
+    names = [state["weights"], state["best_file"]]
+    tmp = dest.parent / f".{dest.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+      for name in names:
+        shutil.copy2(source / name, tmp / name)
+    except FileNotFoundError:  # the run moved on mid-copy and deleted it
+      shutil.rmtree(tmp)
+      continue
+    if state_path.read_bytes() != before:  # a new epoch landed meanwhile
+      shutil.rmtree(tmp)
+      continue
+    (tmp / "state.json").write_bytes(before)
+    old = dest.parent / f".{dest.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+      os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return {"epoch": len(state["history"]), "best_epoch": state.get(
+        "best_epoch"), "files": names + ["state.json"]}
+  raise RuntimeError(
+      f"No consistent copy of the checkpoint at {source} in {attempts} "
+      "tries: a new epoch landed during each; try again, or stop the run "
+      "first (it resumes from the checkpoint).")
+
+
 def _left_chance(best_val: float, test: dict, chance: float) -> bool:
   """Whether a run trained at all: the test accuracy (10,000 images, when
   measured) or else the validation accuracy is at least twice chance. The

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import math
+import pathlib
 import shutil
 
 import keras
@@ -305,11 +306,13 @@ def test_a_resumed_run_trains_as_the_uninterrupted_run(tmp_path, kill_after):
   state = json.loads((tmp_path / "ckpt" / "state.json").read_text())
   assert state["data_passes"] == train_lib._FIT_PASSES_PER_EPOCH * kill_after
   assert len(state["rng"]) == 2  # the two dropout layers' streams
-  # Resumed from a copy in another directory, the original gone: the
+  # Resumed from a snapshot in another directory, the original gone: the
   # checkpoint holds all it needs (how results/checkpoints/ moves runs
   # between checkouts).
   moved = tmp_path / "elsewhere" / "checkpoint"
-  shutil.copytree(ckpt, moved)
+  snap = train_lib.snapshot_checkpoint(ckpt, moved)
+  assert snap["epoch"] == kill_after
+  assert sorted(p.name for p in moved.iterdir()) == sorted(snap["files"])
   shutil.rmtree(ckpt)
   resumed = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=1)
   result = train(resumed, str(moved))
@@ -566,3 +569,70 @@ def test_train_cloud_refuses_epochs_it_would_never_keep(tmp_path, keep,
                             seed=0, directory=tmp_path / "c",
                             keep_epochs=keep)
   assert not (tmp_path / "c").exists()
+
+
+def _fake_checkpoint(directory, epoch):
+  """A checkpoint as _save_checkpoint leaves it after `epoch`, tiny files."""
+  directory.mkdir(parents=True, exist_ok=True)
+  for old in directory.glob("*"):
+    if old.name != "state.json":
+      old.unlink()
+  (directory / f"epoch{epoch}.weights.h5").write_text(f"weights {epoch}")
+  (directory / f"best{epoch}.npz").write_text(f"best {epoch}")
+  (directory / "state.json").write_text(json.dumps({
+      "weights": f"epoch{epoch}.weights.h5", "best_file": f"best{epoch}.npz",
+      "history": [{"epoch": e} for e in range(1, epoch + 1)],
+      "best_epoch": epoch - 1}))
+
+
+def test_snapshot_checkpoint_survives_an_epoch_ending_mid_copy(tmp_path,
+                                                               monkeypatch):
+  source, dest = tmp_path / "run", tmp_path / "kept" / "run"
+  _fake_checkpoint(source, 2)
+  _fake_checkpoint(dest, 1)  # last session's snapshot, to be replaced
+  copy = shutil.copy2
+  calls = []
+
+  def copy_while_the_run_trains(src, dst):
+    calls.append(pathlib.Path(src).name)
+    copy(src, dst)
+    if len(calls) == 2:  # epoch 3 ends right after both files were read
+      _fake_checkpoint(source, 3)
+
+  monkeypatch.setattr(train_lib.shutil, "copy2", copy_while_the_run_trains)
+  snap = train_lib.snapshot_checkpoint(source, dest)
+  # The first try copied epoch 2's pair, then found state.json changed; the
+  # second copied epoch 3's. (A file deleted mid-copy: the test below.)
+  assert calls == ["epoch2.weights.h5", "best2.npz", "epoch3.weights.h5",
+                   "best3.npz"]
+  assert snap == {"epoch": 3, "best_epoch": 2,
+                  "files": ["epoch3.weights.h5", "best3.npz", "state.json"]}
+  assert sorted(p.name for p in dest.iterdir()) == sorted(snap["files"])
+  assert (dest / "epoch3.weights.h5").read_text() == "weights 3"
+  assert json.loads((dest / "state.json").read_text())["weights"] == \
+      "epoch3.weights.h5"
+  assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]  # no temps
+
+
+def test_snapshot_checkpoint_leaves_the_old_copy_when_it_cannot(tmp_path,
+                                                                monkeypatch):
+  source, dest = tmp_path / "run", tmp_path / "kept" / "run"
+  with pytest.raises(FileNotFoundError, match="No checkpoint at .*state.json"):
+    train_lib.snapshot_checkpoint(source, dest)
+  _fake_checkpoint(source, 2)
+  _fake_checkpoint(dest, 1)
+  epochs = iter(range(3, 100))
+  copy = shutil.copy2
+
+  def an_epoch_ends_during_every_copy(src, dst):
+    copy(src, dst)
+    _fake_checkpoint(source, next(epochs))
+
+  monkeypatch.setattr(train_lib.shutil, "copy2",
+                      an_epoch_ends_during_every_copy)
+  with pytest.raises(RuntimeError, match="in 3 tries"):
+    train_lib.snapshot_checkpoint(source, dest, attempts=3)
+  assert json.loads((dest / "state.json").read_text())["weights"] == \
+      "epoch1.weights.h5"
+  assert (dest / "epoch1.weights.h5").read_text() == "weights 1"
+  assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
