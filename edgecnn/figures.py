@@ -399,12 +399,13 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
                   for model, n, d, k in below) + ".")]
   n0 = int(summary.num_images.min())  # not empty: cells came from it
   plain = _plain(edge, preset)
+  zeros_plain = None if baseline is None else _plain(baseline, preset)
   gaps, borrowed = [], False
   for m in (3, 5, 10):
     one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
     zero_accuracy = _per_seed(plain, dataset, zero, n0)
-    if zero_accuracy.empty and baseline is not None:
-      zero_accuracy = _per_seed(_plain(baseline, preset), dataset, zero, n0)
+    if zero_accuracy.empty and zeros_plain is not None:
+      zero_accuracy = _per_seed(zeros_plain, dataset, zero, n0)
       borrowed = borrowed or not zero_accuracy.empty
     diffs = _paired(_per_seed(plain, dataset, one, n0), zero_accuracy,
                     lambda x, y: x - y)

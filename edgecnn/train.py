@@ -459,7 +459,8 @@ def snapshot_checkpoint(source: str | os.PathLike, dest: str | os.PathLike,
   if dest.resolve() == source.resolve():
     raise ValueError(f"snapshot_checkpoint: dest is the source ({source})")
   dest.parent.mkdir(parents=True, exist_ok=True)
-  for _ in range(max(1, attempts)):
+  tries = max(1, attempts)
+  for _ in range(tries):
     before = state_path.read_bytes()
     state = json.loads(before)
     names = [state["weights"], state["best_file"]]
@@ -469,10 +470,11 @@ def snapshot_checkpoint(source: str | os.PathLike, dest: str | os.PathLike,
     try:
       for name in names:
         shutil.copy2(source / name, tmp / name)
+      # A new epoch may have landed meanwhile, its files beside ours.
+      consistent = state_path.read_bytes() == before
     except FileNotFoundError:  # the run moved on mid-copy and deleted it
-      shutil.rmtree(tmp)
-      continue
-    if state_path.read_bytes() != before:  # a new epoch landed meanwhile
+      consistent = False
+    if not consistent:
       shutil.rmtree(tmp)
       continue
     (tmp / "state.json").write_bytes(before)
@@ -485,7 +487,7 @@ def snapshot_checkpoint(source: str | os.PathLike, dest: str | os.PathLike,
     return {"epoch": len(state["history"]), "best_epoch": state.get(
         "best_epoch"), "files": names + ["state.json"]}
   raise RuntimeError(
-      f"No consistent copy of the checkpoint at {source} in {attempts} "
+      f"No consistent copy of the checkpoint at {source} in {tries} "
       "tries: a new epoch landed during each; try again, or stop the run "
       "first (it resumes from the checkpoint).")
 
