@@ -296,6 +296,16 @@ def machine_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo"
           "numpy": np.__version__}
 
 
+def float_class(machine: dict) -> str:
+  """The class of CPU that sets a float32 run's arithmetic here: "AVX-512"
+  (avx512f), "AVX2" or "other". Two CPUs of one class have repeated each
+  other's runs to the bit (an Intel Xeon with AMX and an AMD EPYC, both
+  AVX-512); an AVX2 CPU trains another run from the same command
+  (results/REPRODUCTION.md, section 1)."""
+  isa = machine.get("cpu_isa") or []
+  return "AVX-512" if "avx512f" in isa else "AVX2" if "avx2" in isa else "other"
+
+
 def machine_differences(then: dict, now: dict) -> list[str]:
   """The fields of two machine_description()s that differ, as
   'field: then -> now' (empty if the floats can match)."""

@@ -203,12 +203,22 @@ class _PaperSchedule(keras.callbacks.Callback):
     differences = eval_lib.machine_differences(then[-1], now)
     self.machines = list(then) + [now] * bool(differences)
     if differences:
+      before, after = eval_lib.float_class(then[-1]), eval_lib.float_class(now)
+      same_versions = all(then[-1].get(k) == now.get(k) for k in
+                          ("python", "tensorflow", "keras", "numpy"))
+      if before == after == "AVX-512" and same_versions:
+        outlook = ("both CPUs are AVX-512 with the same library versions, "
+                   "which have repeated each other's runs to the bit here")
+      elif before != after:
+        outlook = (f"the CPU class changed ({before} -> {after}), so from here "
+                   "its floats will not match an uninterrupted run's")
+      else:
+        outlook = ("from here its floats may not match an uninterrupted "
+                   "run's")
       logger.warning(
           "%s: resuming at epoch %d on another machine than the one that "
-          "wrote the checkpoint (%s): training goes on, but from here its "
-          "floats may not match an uninterrupted run's (they differ between "
-          "AVX2 and AVX-512 CPUs)", self.label,
-          resumed_at, "; ".join(differences))
+          "wrote the checkpoint (%s): training goes on; %s", self.label,
+          resumed_at, "; ".join(differences), outlook)
 
   def _save_checkpoint(self, epoch: int) -> None:
     """Weights, optimizer and schedule state; state.json is the commit."""

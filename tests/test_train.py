@@ -230,6 +230,8 @@ def test_checkpoint_resume_continues_where_a_killed_run_stopped(
                 if "another machine" in r.getMessage()]
   assert f"cpu: {here['cpu']} -> Other CPU" in warning
   assert "resuming at epoch 4" in warning
+  assert f"class changed ({eval_lib.float_class(here)} -> AVX2)" in warning or (
+      eval_lib.float_class(here) == "AVX2" and "may not match" in warning)
 
 
 def test_machine_description_reads_the_cpu_and_its_kernel_isa(tmp_path):
@@ -254,6 +256,31 @@ def test_machine_description_reads_the_cpu_and_its_kernel_isa(tmp_path):
   older = dict(machine, python="3.10.0")
   assert eval_lib.machine_differences(older, machine) == [
       f"python: 3.10.0 -> {machine['python']}"]
+
+
+def test_float_class_and_the_resume_warning_name_what_the_floats_depend_on(
+    caplog):
+  xeon = {"cpu": "Xeon", "cpu_isa": ["avx", "avx2", "avx512f", "amx_tile"],
+          "python": "3.11.7", "tensorflow": "2.21.0", "keras": "3.15.1",
+          "numpy": "2.4.6"}
+  epyc = dict(xeon, cpu="EPYC", cpu_isa=["avx", "avx2", "avx512f"])
+  avx2 = dict(xeon, cpu="Old", cpu_isa=["avx", "avx2", "fma"])
+  assert [eval_lib.float_class(m) for m in (xeon, epyc, avx2, {})] == [
+      "AVX-512", "AVX-512", "AVX2", "other"]
+
+  def warning(then, now):
+    schedule = train_lib._PaperSchedule(train_lib.get_config("paper"), 10, "r")
+    schedule.machines = [now]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="edgecnn"):
+      schedule._note_machine([dict(then, from_epoch=1)], resumed_at=5)
+    (message,) = [r.getMessage() for r in caplog.records]
+    return message
+
+  assert "repeated each other's runs to the bit" in warning(epyc, xeon)
+  assert "class changed (AVX-512 -> AVX2)" in warning(epyc, avx2)
+  newer = warning(epyc, dict(xeon, tensorflow="2.99.0"))
+  assert "tensorflow: 2.21.0 -> 2.99.0" in newer and "may not match" in newer
 
 
 def test_a_checkpoint_without_a_machine_resumes_with_a_warning(caplog):
