@@ -313,3 +313,41 @@ def machine_differences(then: dict, now: dict) -> list[str]:
           for key in ("cpu", "cpu_isa", "python", "tensorflow", "keras",
                       "numpy")
           if then.get(key) != now.get(key)]
+
+
+def shared_output_scale(payload: bytes, images: np.ndarray,
+                        labels: np.ndarray, *, seed: int = 0,
+                        head_pool: str | None = None) -> dict[str, float]:
+  """How large the features are that an EdgeCNN1 head starts from, and the
+  loss it starts at: the mean, root mean square and maximum of the m shared
+  layers' output over ``images`` (uint8, centre crop of the payload's input
+  size), and the mean cross-entropy of a freshly initialised EdgeCNN1-m
+  (head initialised with ``seed``) on them. The head is trained with
+  the paper's fixed learning rate from that start, so a CloudCNN whose
+  features grew with its training gives its heads larger first logits
+  (results/REPRODUCTION.md, section 2, the CIFAR-10 CloudCNN trained to the
+  stopping rule).
+
+  Raises:
+    ValueError: if images and labels differ in number or are empty.
+  """
+  images, labels = np.asarray(images), np.asarray(labels)
+  if len(images) == 0 or len(images) != len(labels):
+    raise ValueError(f"shared_output_scale needs as many labels as images, "
+                     f"at least one. Received: {len(images)} images, "
+                     f"{len(labels)} labels")
+  edge = models.build_edge_cnn_from_payload(payload, seed=seed,
+                                            head_pool=head_pool)
+  crop = edge.input_shape[1]
+  x = data_lib.center_crop(data_lib.preprocess(images), crop)
+  last = models.shared_layer_names(edge)[-1]
+  features = keras.Model(edge.inputs, edge.get_layer(last).output)
+  out = np.concatenate([features(x[i:i + 256]).numpy().ravel()
+                        for i in range(0, len(x), 256)])
+  probs = np.concatenate([edge(x[i:i + 256]).numpy()
+                          for i in range(0, len(x), 256)])
+  loss = keras.losses.sparse_categorical_crossentropy(labels, probs)
+  return {"shared_output_mean": float(out.mean()),
+          "shared_output_rms": float(np.sqrt(np.mean(np.square(out)))),
+          "shared_output_max": float(out.max()),
+          "initial_loss": float(np.mean(loss))}

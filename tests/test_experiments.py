@@ -383,6 +383,8 @@ def test_user_errors_are_one_line_without_a_traceback(workspace, module, args,
     ("main_job", "--dataset --preset --cloud_dir --edges --retrain_threshold",
      "--train_config"),
     ("plot_figures", "--results_dir --out_dir --refresh_docs", "--dataset"),
+    ("feature_scale", "--dataset --cloud_dir --shared --num_images --seed "
+     "--results_csv", "--max_epochs --train_config"),
 ])
 def test_help_lists_the_flags_the_binary_reads(module, listed, unlisted):
   # --help, not only --helpfull: the shared flags of experiments/common.py
@@ -458,6 +460,28 @@ def test_throughput_rows(tmp_path):
       capture_output=True, text=True, timeout=300)
   assert bad.returncode != 0 and "unknown policy 'fp16'" in bad.stderr
   assert flags_file.read_text() == before
+
+
+def test_feature_scale_rows_name_the_cloud_and_are_measured_once(workspace):
+  root, common = workspace
+  csv = root / "results" / "feature_scale.csv"
+  run("feature_scale", *untrained(common), "--shared=3,5", "--num_images=40",
+      f"--results_csv={csv}", cwd=root)
+  rows = pd.read_csv(csv)
+  assert sorted(set(rows.metric)) == ["initial_loss", "shared_output_max",
+                                      "shared_output_mean", "shared_output_rms"]
+  assert sorted(set(rows.num_shared)) == [3, 5] and len(rows) == 8
+  assert (rows.num_images == 40).all()
+  (condition,) = set(rows.condition)
+  assert re.fullmatch(r"cloud=mnist-compact-seed0@[0-9a-f]{12}", condition)
+  value = rows.set_index(["num_shared", "metric"]).value
+  for m in (3, 5):  # ReLU outputs: non-negative, the max above the rms
+    assert 0 <= value[m, "shared_output_mean"] <= value[m, "shared_output_rms"]
+    assert value[m, "shared_output_rms"] <= value[m, "shared_output_max"]
+    assert value[m, "initial_loss"] > 0
+  again = run("feature_scale", *untrained(common), "--shared=3,5",
+              "--num_images=40", f"--results_csv={csv}", cwd=root)
+  assert "already in" in again.stderr and len(pd.read_csv(csv)) == 8
 
 
 def test_crop_protocols_rows(workspace):
