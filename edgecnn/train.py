@@ -30,7 +30,8 @@ Where the paper is silent we chose, and each choice is a field:
     ``paper``: a linear learning-rate warm-up (``warmup_steps``), gradient
     clipping (``clipnorm``) and restarts of a dead run (``max_restarts``:
     a run whose loss is not finite, or whose training and validation accuracy
-    are both at chance after ``dead_check_epochs`` epochs, or whose running
+    are both at chance after ``dead_check_epochs`` epochs (or, if the warm-up
+    lasts longer, after the epoch that ends it), or whose running
     training accuracy is at chance after ``dead_check_steps`` steps, is
     re-initialised with a new seed). The ``robust`` configuration turns them
     on. (Measured here: the paper-preset CloudCNN under ``paper``, mixed
@@ -252,6 +253,19 @@ class _PaperSchedule(keras.callbacks.Callback):
 
   def on_epoch_begin(self, epoch, logs=None):
     self._epoch_t0 = self._last_progress = time.perf_counter()
+    self._epoch_first_step = self.step
+
+  def _dead_check_due(self, epoch: int) -> bool:
+    """Whether the epoch-end dead check runs now: after epoch
+    ``dead_check_epochs``, or, if the warm-up is still ramping the rate
+    then, after the first epoch that ends it (a small-N edge run's warm-up
+    of 100 steps spans tens of epochs, and a run at a few percent of its
+    rate cannot be told from a dead one). Without a warm-up, or with one
+    shorter than the check's epochs, it is epoch ``dead_check_epochs``."""
+    due, warmup = self.config.dead_check_epochs, self.config.warmup_steps
+    if epoch + 1 < due or self.step < warmup:
+      return False
+    return epoch + 1 == due or getattr(self, "_epoch_first_step", 0) < warmup
 
   def on_train_batch_end(self, batch, logs=None):
     logs = logs or {}
@@ -325,7 +339,7 @@ class _PaperSchedule(keras.callbacks.Callback):
         self.lr *= self.config.lr_decay
         self.lr_wait = 0
         self._set_lr(self._warm(self.lr))
-    if (epoch + 1 == self.config.dead_check_epochs
+    if (self._dead_check_due(epoch)
         and acc <= 1.5 * self.chance and val_acc <= 1.5 * self.chance):
       self.dead = True
       if self.config.max_restarts:
