@@ -341,11 +341,8 @@ def shared_output_scale(payload: bytes, images: np.ndarray,
   crop = edge.input_shape[1]
   x = data_lib.center_crop(data_lib.preprocess(images), crop)
   last = models.shared_layer_names(edge)[-1]
-  features = keras.Model(edge.inputs, edge.get_layer(last).output)
-  out = np.concatenate([features(x[i:i + 256]).numpy().ravel()
-                        for i in range(0, len(x), 256)])
-  probs = np.concatenate([edge(x[i:i + 256]).numpy()
-                          for i in range(0, len(x), 256)])
+  both = keras.Model(edge.inputs, [edge.get_layer(last).output, edge.output])
+  out, probs = both.predict(x, batch_size=256, verbose=0)  # one pass
   loss = keras.losses.sparse_categorical_crossentropy(labels, probs)
   return {"shared_output_mean": float(out.mean()),
           "shared_output_rms": float(np.sqrt(np.mean(np.square(out)))),

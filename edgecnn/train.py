@@ -146,6 +146,7 @@ class _PaperSchedule(keras.callbacks.Callback):
     self.best_epoch = 0
     self.best_weights = None
     self.wait = self.lr_wait = self.step = 0
+    self._epoch_first_step = 0  # self.step when the epoch began
     self.stop_reason = "max_epochs"
     self.history = []
     self.t0 = time.perf_counter()
@@ -265,7 +266,7 @@ class _PaperSchedule(keras.callbacks.Callback):
     due, warmup = self.config.dead_check_epochs, self.config.warmup_steps
     if epoch + 1 < due or self.step < warmup:
       return False
-    return epoch + 1 == due or getattr(self, "_epoch_first_step", 0) < warmup
+    return epoch + 1 == due or self._epoch_first_step < warmup
 
   def on_train_batch_end(self, batch, logs=None):
     logs = logs or {}
