@@ -16,13 +16,19 @@ from absl import app
 
 # What a user can mend from the message alone: a missing file or directory
 # (data, CloudCNN, payloads), a payload of the wrong CloudCNN or m, labels a
-# weightless cloud directory lacks. A binary prints these as one line and
-# exits 1; anything else is a bug and keeps its traceback. Named as (module,
-# class) and looked up only if the binary imported that module (plot_figures,
-# for one, runs without TensorFlow).
+# weightless cloud directory lacks, a binary's own refusal (UserError). A
+# binary prints these as one line and exits 1; anything else is a bug and
+# keeps its traceback. Named as (module, class) and looked up only if the
+# binary imported that module (plot_figures, for one, runs without
+# TensorFlow).
 USER_ERRORS = (("builtins", "FileNotFoundError"),
+               ("experiments.cli", "UserError"),
                ("edgecnn.models", "PayloadError"),
                ("edgecnn.sweeps", "MissingCloudLabels"))
+
+
+class UserError(Exception):
+  """A refusal the binaries themselves raise, printed as one line."""
 
 
 def lazy_import(name: str) -> types.ModuleType:

@@ -25,7 +25,6 @@ from edgecnn import results
 data_lib = cli.lazy_import("edgecnn.data")
 eval_lib = cli.lazy_import("edgecnn.evaluate")
 models = cli.lazy_import("edgecnn.models")
-train_lib = cli.lazy_import("edgecnn.train")
 
 # Keras dtype policies the binaries offer (train_cloud --precision,
 # throughput --precisions); float32 is every binary's default.
@@ -115,11 +114,11 @@ _FLAG_OF_FIELD = {"max_epochs": MAX_EPOCHS, "lr_patience": LR_PATIENCE,
                   "restore_best": RESTORE_BEST, "crop_size": CROP_SIZE}
 
 
-def train_config() -> train_lib.TrainConfig:
+def train_config() -> config_lib.TrainConfig:
   """The named config with every schedule flag that was set applied."""
   overrides = {field: flag.value for field, flag in _FLAG_OF_FIELD.items()
                if flag.value is not None}
-  return train_lib.get_config(TRAIN_CONFIG.value, **overrides)
+  return config_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 
 def schedule_condition() -> list[str]:
@@ -130,7 +129,7 @@ def schedule_condition() -> list[str]:
   trained without its flags file (which the next run of the same name
   overwrites).
   """
-  named = train_lib.get_config(TRAIN_CONFIG.value)
+  named = config_lib.get_config(TRAIN_CONFIG.value)
   config = train_config()
   parts = [f"train_config={TRAIN_CONFIG.value}"] * (
       TRAIN_CONFIG.value != "paper")
@@ -138,6 +137,60 @@ def schedule_condition() -> list[str]:
     if getattr(config, field) != getattr(named, field):
       parts.append(f"{field}={getattr(config, field)}")
   return parts
+
+
+def _config_of(values: dict) -> config_lib.TrainConfig | None:
+  """The training config a saved flags record ran under; None if the record
+  predates a flag it needs or names a config that no longer exists."""
+  try:
+    overrides = {field: values[field] for field in _FLAG_OF_FIELD
+                 if values[field] is not None}
+    return config_lib.get_config(values["train_config"], **overrides)
+  except (KeyError, ValueError, TypeError):
+    return None
+
+
+def refuse_mixed_schedules(log: results.ResultLog, name: str,
+                           also: tuple[str, ...] = ()) -> None:
+  """Refuses a sweep whose rows would mix with rows of another schedule.
+
+  Edge sweeps' rows do not carry the schedule in their key (train_cloud's
+  do, as condition): a robust run appended to the paper grid's CSV would
+  look like a paper row, and its key would count the paper run as done.
+  So the CSV's history (save_flags) is read: an earlier command of the same
+  ``name`` (dataset-preset) under a different training config, or with a
+  different value of a flag in ``also``, refuses this one before anything
+  loads. Records older than a flag are not compared on it.
+  """
+  here = {flag: flags.FLAGS[flag].value for flag in also}
+  here_config = train_config()
+  history = results.read_invocations(
+      log.path.with_name(f"{log.path.stem}.invocations.jsonl"))
+  for record in history:
+    values = record.get("flags", {})
+    if record.get("name") != name:
+      continue
+    there = _config_of(values)
+    differ = [f"train_config={values['train_config']} there, "
+              f"{TRAIN_CONFIG.value} here"] * (
+                  values.get("train_config", TRAIN_CONFIG.value)
+                  != TRAIN_CONFIG.value)
+    differ += [f"{field}={getattr(there, field)!r} there, "
+              f"{getattr(here_config, field)!r} here"
+              for field in config_lib.TrainConfig.__dataclass_fields__
+              if there is not None
+              and getattr(there, field) != getattr(here_config, field)]
+    differ += [f"--{flag}={values[flag]} there, {here[flag]} here"
+               for flag in also
+               if flag in values and values[flag] != here[flag]]
+    if differ:
+      raise cli.UserError(
+          f"{log.path} holds rows of {name} from a command with another "
+          f"schedule ({'; '.join(differ)}): `{record.get('command', '?')}` "
+          f"(started {record.get('started', '?')}). This binary's rows do not "
+          "record the schedule, so the two would mix and this run would "
+          "take the other's rows for done. Give this run a CSV of its own "
+          "(--results_csv=results/ablation_<what>.csv).")
 
 
 def load_dataset() -> data_lib.Dataset:

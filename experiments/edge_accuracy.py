@@ -160,6 +160,11 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
 
 
 def run(experiment: str) -> int:
+  if not LABEL_ONLY.value:
+    common.refuse_mixed_schedules(
+        common.result_log(experiment),
+        f"{common.DATASET.value}-{common.PRESET.value}",
+        also=("kernel_initializer", "cloud_label_mode"))
   dataset = common.load_dataset()
   name = dataset.info.name
   directory = common.cloud_directory(name)

@@ -226,6 +226,21 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert commands[2].startswith("python -m experiments.edge_accuracy ")
   assert "--head_pool=paper" in commands[2]
   assert [h["flags"]["head_pool"] for h in history][0] != "paper"
+  # Another schedule into the same CSV is refused before anything loads: its
+  # rows would not say so, and it would take these runs for done.
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.edge_accuracy", *args,
+       "--max_epochs=1", "--num_images=20,40,60"], cwd=root, env=env,
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert (f"{csv} holds rows of mnist-compact from a command with another "
+          "schedule (max_epochs=2 there, 1 here)") in proc.stderr
+  assert "--results_csv=results/ablation_<what>.csv" in proc.stderr
+  assert len(pd.read_csv(csv)) == len(after)
+  assert len(results.read_invocations(
+      root / "results" / "edge_accuracy.invocations.jsonl")) == 3
 
 
 def test_edge_accuracy_runs_from_a_cloud_directory_without_weights(workspace):
