@@ -296,6 +296,11 @@ def machine_description(cpuinfo: str | os.PathLike = "/proc/cpuinfo"
           "numpy": np.__version__}
 
 
+# The fields of machine_description() beside the CPU's that a float32 run's
+# last bits depend on.
+LIBRARY_FIELDS = ("python", "tensorflow", "keras", "numpy")
+
+
 def float_class(machine: dict) -> str:
   """The class of CPU that sets a float32 run's arithmetic here: "AVX-512"
   (avx512f), "AVX2" or "other". Two CPUs of one class have repeated each
@@ -310,8 +315,7 @@ def machine_differences(then: dict, now: dict) -> list[str]:
   """The fields of two machine_description()s that differ, as
   'field: then -> now' (empty if the floats can match)."""
   return [f"{key}: {then.get(key)} -> {now.get(key)}"
-          for key in ("cpu", "cpu_isa", "python", "tensorflow", "keras",
-                      "numpy")
+          for key in ("cpu", "cpu_isa", *LIBRARY_FIELDS)
           if then.get(key) != now.get(key)]
 
 

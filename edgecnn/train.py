@@ -206,8 +206,8 @@ class _PaperSchedule(keras.callbacks.Callback):
     self.machines = list(then) + [now] * bool(differences)
     if differences:
       before, after = eval_lib.float_class(then[-1]), eval_lib.float_class(now)
-      same_versions = all(then[-1].get(k) == now.get(k) for k in
-                          ("python", "tensorflow", "keras", "numpy"))
+      same_versions = all(then[-1].get(k) == now.get(k)
+                          for k in eval_lib.LIBRARY_FIELDS)
       if before == after == "AVX-512" and same_versions:
         outlook = ("both CPUs are AVX-512 with the same library versions, "
                    "which have repeated each other's runs to the bit here")
