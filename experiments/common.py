@@ -150,18 +150,26 @@ def _config_of(values: dict) -> config_lib.TrainConfig | None:
     return None
 
 
-def refuse_mixed_schedules(log: results.ResultLog, name: str,
-                           also: tuple[str, ...] = ()) -> None:
-  """Refuses a sweep whose rows would mix with rows of another schedule.
+def refuse_mixed_history(log: results.ResultLog, name: str, *,
+                         also: tuple[str, ...] = (),
+                         facts: dict[str, str] | None = None) -> None:
+  """Refuses a sweep whose rows would mix with rows of another setting.
 
-  Edge sweeps' rows do not carry the schedule in their key (train_cloud's
-  do, as condition): a robust run appended to the paper grid's CSV would
-  look like a paper row, and its key would count the paper run as done.
+  Edge sweeps' rows do not carry their schedule or teacher in their key
+  (train_cloud's carry the schedule, as condition): a robust run appended
+  to the paper grid's CSV, or a sweep on a retrained CloudCNN, would look
+  like the rows already there, and its key would count their runs as done.
   So the CSV's history (save_flags) is read: an earlier command of the same
-  ``name`` (dataset-preset) under a different training config, or with a
-  different value of a flag in ``also``, refuses this one before anything
-  loads. Records older than a flag are not compared on it.
+  ``name`` (dataset-preset) under a different training config, with a
+  different value of a flag in ``also``, or with different ``facts`` (what
+  save_flags recorded beside the flags, such as the CloudCNN's content
+  hash) refuses this one. Records older than a flag or fact are not
+  compared on it.
+
+  Raises:
+    cli.UserError: naming what differs and the earlier command.
   """
+  facts = facts or {}
   here = {flag: flags.FLAGS[flag].value for flag in also}
   here_config = train_config()
   history = results.read_invocations(
@@ -176,20 +184,23 @@ def refuse_mixed_schedules(log: results.ResultLog, name: str,
                   values.get("train_config", TRAIN_CONFIG.value)
                   != TRAIN_CONFIG.value)
     differ += [f"{field}={getattr(there, field)!r} there, "
-              f"{getattr(here_config, field)!r} here"
-              for field in config_lib.TrainConfig.__dataclass_fields__
-              if there is not None
-              and getattr(there, field) != getattr(here_config, field)]
+               f"{getattr(here_config, field)!r} here"
+               for field in config_lib.TrainConfig.__dataclass_fields__
+               if there is not None
+               and getattr(there, field) != getattr(here_config, field)]
     differ += [f"--{flag}={values[flag]} there, {here[flag]} here"
                for flag in also
                if flag in values and values[flag] != here[flag]]
+    differ += [f"{key}={record[key]} there, {value} here"
+               for key, value in facts.items()
+               if key in record and record[key] != value]
     if differ:
       raise cli.UserError(
           f"{log.path} holds rows of {name} from a command with another "
-          f"schedule ({'; '.join(differ)}): `{record.get('command', '?')}` "
+          f"setting ({'; '.join(differ)}): `{record.get('command', '?')}` "
           f"(started {record.get('started', '?')}). This binary's rows do not "
-          "record the schedule, so the two would mix and this run would "
-          "take the other's rows for done. Give this run a CSV of its own "
+          "record it, so the two would mix and this run would take the "
+          "other's rows for done. Give this run a CSV of its own "
           "(--results_csv=results/ablation_<what>.csv).")
 
 
@@ -213,12 +224,14 @@ def _is_project_module(module: str) -> bool:
   return module.endswith(".py") and pathlib.Path(module).resolve().parent == here
 
 
-def save_flags(log: results.ResultLog, name: str) -> None:
+def save_flags(log: results.ResultLog, name: str,
+               facts: dict[str, str] | None = None) -> None:
   """Writes the values of the project's flags beside the CSV (simclr's habit).
 
   Only flags defined in experiments/ (the binary run with ``-m`` registers
   its flags under its file path or ``__main__``); absl's and TensorFlow's own
-  flags are left out.
+  flags are left out. ``facts`` (such as the CloudCNN's content hash) go into
+  the history record beside them.
   """
   values = {flag.name: flag.value
             for module, module_flags in flags.FLAGS.flags_by_module_dict().items()
@@ -238,7 +251,7 @@ def save_flags(log: results.ResultLog, name: str) -> None:
           "machine": eval_lib.machine_description(),
           "command": "python -m " + _binary() + "".join(
               " " + shlex.quote(a) for a in sys.argv[1:]),
-          "flags": values})
+          "flags": values, **(facts or {})})
 
 
 def _binary() -> str:

@@ -160,11 +160,6 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
 
 
 def run(experiment: str) -> int:
-  if not LABEL_ONLY.value:
-    common.refuse_mixed_schedules(
-        common.result_log(experiment),
-        f"{common.DATASET.value}-{common.PRESET.value}",
-        also=("kernel_initializer", "cloud_label_mode"))
   dataset = common.load_dataset()
   name = dataset.info.name
   directory = common.cloud_directory(name)
@@ -199,7 +194,11 @@ def run(experiment: str) -> int:
           f"{new} newly labelled by CloudCNN, {wanted - new} were cached.")
     return 0
   log = common.result_log(experiment)
-  common.save_flags(log, f"{name}-{spec.preset}")
+  teacher = {"cloud_hash": sweeps.cloud_hash(cloud)}
+  common.refuse_mixed_history(log, f"{name}-{spec.preset}",
+                              also=("kernel_initializer", "cloud_label_mode"),
+                              facts=teacher)
+  common.save_flags(log, f"{name}-{spec.preset}", facts=teacher)
   config = dataclasses.replace(common.train_config(),
                                test_both_weights=TEST_BOTH_WEIGHTS.value)
   return sweeps.edge_accuracy_sweep(

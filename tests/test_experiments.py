@@ -236,7 +236,7 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert proc.returncode == 1, proc.stderr[-3000:]
   assert "Traceback" not in proc.stderr
   assert (f"{csv} holds rows of mnist-compact from a command with another "
-          "schedule (max_epochs=2 there, 1 here)") in proc.stderr
+          "setting (max_epochs=2 there, 1 here)") in proc.stderr
   assert "--results_csv=results/ablation_<what>.csv" in proc.stderr
   assert len(pd.read_csv(csv)) == len(after)
   assert len(results.read_invocations(
@@ -544,6 +544,45 @@ def test_schedule_flags_override_the_named_config():
                                                             False, True)
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS.lr_patience = 0
+
+
+def test_a_sweep_on_another_teacher_or_schedule_is_refused(tmp_path):
+  # The history save_flags writes is what refuse_mixed_history reads: a
+  # record of another CloudCNN (its hash) or config for the same
+  # dataset-preset refuses; another dataset, or a record older than the
+  # fact, does not.
+  from absl import flags
+  from absl.testing import flagsaver
+  from experiments import cli
+  from experiments import common
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  log = results.ResultLog(tmp_path / "edge.csv", {"experiment": "x"})
+  common.save_flags(log, "mnist-compact")  # older: no hash recorded
+  common.refuse_mixed_history(log, "mnist-compact", facts={"cloud_hash": "a"})
+  common.save_flags(log, "mnist-compact", facts={"cloud_hash": "a"})
+  common.save_flags(log, "cifar10-compact", facts={"cloud_hash": "c"})
+  common.refuse_mixed_history(log, "mnist-compact", facts={"cloud_hash": "a"},
+                              also=("kernel_initializer",))
+  with pytest.raises(cli.UserError, match=re.escape(
+      "edge.csv holds rows of mnist-compact from a command with another "
+      "setting (cloud_hash=a there, b here)")):
+    common.refuse_mixed_history(log, "mnist-compact",
+                                facts={"cloud_hash": "b"})
+  with flagsaver.flagsaver(train_config="robust",
+                           kernel_initializer="glorot_uniform"):
+    with pytest.raises(cli.UserError) as refused:
+      common.refuse_mixed_history(log, "mnist-compact",
+                                  also=("kernel_initializer",),
+                                  facts={"cloud_hash": "a"})
+    message = str(refused.value)
+    assert "train_config=paper there, robust here; warmup_steps=0 there" \
+        in message
+    assert "--kernel_initializer=he_normal there, glorot_uniform here" \
+        in message
+    assert "cloud_hash" not in message
+  common.refuse_mixed_history(log, "cifar10-compact", facts={"cloud_hash": "c"})
+  assert not log.path.exists()  # refusals and checks write no row
 
 
 def test_lazy_import_is_for_edgecnn_modules_only():
