@@ -226,7 +226,7 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert commands[2].startswith("python -m experiments.edge_accuracy ")
   assert "--head_pool=paper" in commands[2]
   assert [h["flags"]["head_pool"] for h in history][0] != "paper"
-  # Another schedule into the same CSV is refused before anything loads: its
+  # Another schedule into the same CSV is refused before it trains: its
   # rows would not say so, and it would take these runs for done.
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
   proc = subprocess.run(
