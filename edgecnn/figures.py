@@ -530,15 +530,13 @@ def ablation_table(results_dir, name: str, dataset: str, *,
       ``best_epoch_test_accuracy_10crop`` against the ``test_accuracy_10crop``
       of an archive that tested the best epoch's weights).
   """
-  frames = {}
   metrics = {name: metric, base: base_metric or metric}
-  for stem in (base, name):
-    frame = load(results_dir, stem)
-    if frame is None:
-      raise FileNotFoundError(
-          f"No {stem}.csv in {results_dir}; ablation_table compares two "
-          "result CSVs of the same runs.")
-    frames[stem] = frame
+  frames = {stem: load(results_dir, stem) for stem in (base, name)}
+  missing = [f"{stem}.csv" for stem, frame in frames.items() if frame is None]
+  if missing:
+    raise FileNotFoundError(
+        f"No {' or '.join(missing)} in {results_dir}; ablation_table "
+        "compares two result CSVs of the same runs.")
   pairs = _ablation_pairs(frames[base], frames[name], dataset, preset,
                           metrics[base], metric)
   if pairs.empty:

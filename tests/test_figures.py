@@ -357,6 +357,10 @@ def test_ablation_table_pairs_runs_across_two_csvs(tmp_path):
          "edge_accuracy's test_accuracy_10crop" in rerun
   with pytest.raises(FileNotFoundError, match="No ablation_head.csv in"):
     figures.ablation_table(tmp_path, "ablation_head", "fashion_mnist")
+  with pytest.raises(FileNotFoundError,
+                     match="No edge_accuracy_x.csv or ablation_head.csv in"):
+    figures.ablation_table(tmp_path, "ablation_head", "fashion_mnist",
+                           base="edge_accuracy_x")
 
 
 def test_ablation_summary_pairs_every_csv_on_the_same_weights(tmp_path):
