@@ -529,6 +529,9 @@ def ablation_table(results_dir, name: str, dataset: str, *,
     base_metric: the base's metric, if not ``metric`` (e.g. a rerun's
       ``best_epoch_test_accuracy_10crop`` against the ``test_accuracy_10crop``
       of an archive that tested the best epoch's weights).
+
+  Raises:
+    FileNotFoundError: naming every one of the two CSVs that is missing.
   """
   metrics = {name: metric, base: base_metric or metric}
   frames = {stem: load(results_dir, stem) for stem in (base, name)}
