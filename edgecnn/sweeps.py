@@ -286,21 +286,14 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
                                     "done", "running", "est_s", "est_from"])
 
 
-def cloud_hash(cloud: keras.Model | Mapping[int, bytes]) -> str:
-  """The CloudCNN's content hash, from the model or from payloads it
-  exported (they carry it), so a teacher is named the same either way."""
-  if isinstance(cloud, keras.Model):
-    return models.model_hash(cloud)
-  return models.payloads_cloud_hash(cloud)
-
-
 def sweep_payloads(cloud: keras.Model | Mapping[int, bytes],
                    shared: Iterable[int]) -> tuple[dict[int, bytes], str]:
   """The payload of each m and the CloudCNN's content hash, from a model or
-  from payloads already exported (cloud_model.load_payloads)."""
+  from payloads already exported (cloud_model.load_payloads), so a teacher
+  is named the same either way (payloads carry their CloudCNN's hash)."""
   if isinstance(cloud, keras.Model):
     return ({m: models.export_shared_layers(cloud, m) for m in shared},
-            cloud_hash(cloud))
+            models.model_hash(cloud))
   missing = sorted(set(shared) - set(cloud))
   if missing:
     raise ValueError(f"No payload for m={missing}; received payloads for "

@@ -194,7 +194,9 @@ def run(experiment: str) -> int:
           f"{new} newly labelled by CloudCNN, {wanted - new} were cached.")
     return 0
   log = common.result_log(experiment)
-  teacher = {"cloud_hash": sweeps.cloud_hash(cloud)}
+  # Exported (and the CloudCNN hashed) once: the sweep takes the payloads.
+  payloads, cloud_hash = sweeps.sweep_payloads(cloud, spec.shared)
+  teacher = {"cloud_hash": cloud_hash}
   common.refuse_mixed_history(log, f"{name}-{spec.preset}",
                               also=("kernel_initializer", "cloud_label_mode"),
                               facts=teacher)
@@ -202,7 +204,7 @@ def run(experiment: str) -> int:
   config = dataclasses.replace(common.train_config(),
                                test_both_weights=TEST_BOTH_WEIGHTS.value)
   return sweeps.edge_accuracy_sweep(
-      dataset, cloud, spec, config, log, labeler=labeler,
+      dataset, payloads, spec, config, log, labeler=labeler,
       tensorboard_dir=common.TENSORBOARD_DIR.value,
       trunk_cache=(eval_lib.TrunkCache(int(TRUNK_CACHE_GB.value * 2**30))
                    if TRUNK_CACHE_GB.value != 0 else None),

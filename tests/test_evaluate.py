@@ -279,6 +279,8 @@ def test_payloads_of_different_clouds_or_missing_m_are_refused(setup):
     sweeps.sweep_payloads(mixed, (3, 10))
   payloads, digest = sweeps.sweep_payloads({3: mixed[3]}, (3,))
   assert digest == models.model_hash(cloud) and payloads == {3: mixed[3]}
+  # The model names its teacher as its payloads do.
+  assert sweeps.sweep_payloads(cloud, (3,)) == (payloads, digest)
 
 
 def test_a_long_test_pass_logs_its_progress(setup, monkeypatch, caplog):
