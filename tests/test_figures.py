@@ -119,8 +119,11 @@ def test_stored_notebooks_have_no_outputs():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_top_to_bottom_on_fixture(path, results_dir):
+def test_notebook_runs_top_to_bottom_on_fixture(path, results_dir, monkeypatch):
   from nbclient import NotebookClient
+  # The kernel is a child process: give it this checkout's edgecnn, installed or not.
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
   nb = nbformat.read(path, as_version=4)
   params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
   assert len(params) == 1
