@@ -226,7 +226,7 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
       tensorboard_dir=tensorboard_dir, label=f"cloud_cnn[{info.name}]",
       evaluate_test=evaluate_test,
       checkpoint_dir=str(pathlib.Path(directory) / "checkpoint"),
-      snapshot_epochs=keep_epochs, snapshot=keep)
+      keep_checkpoint=True, snapshot_epochs=keep_epochs, snapshot=keep)
   save_cloud(model, build_args, directory, shared)
   save_dataset_info(directory, info)
   summary = dataclasses.asdict(result)
@@ -235,6 +235,9 @@ def train_cloud(dataset: data_lib.Dataset, config: train_lib.TrainConfig, *,
   summary["num_val"] = int(len(split.val))
   (pathlib.Path(directory) / RESULT).write_text(
       json.dumps(summary, indent=2, default=float) + "\n")
+  # Only now: a run killed while it tested or saved is tested and saved
+  # again on rerun, from the checkpoint of its last epoch.
+  train_lib.discard_checkpoint(pathlib.Path(directory) / "checkpoint")
   return model, result
 
 

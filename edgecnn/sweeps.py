@@ -393,10 +393,12 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
       result = train_lib.train_and_evaluate(
           edge, dataset, split, config, seed=seed,
           train_labels=train_labels, label=name, trunk_cache=trunk_cache,
-          checkpoint_dir=checkpoint_dir,
+          checkpoint_dir=checkpoint_dir, keep_checkpoint=True,
           tensorboard_dir=(os.path.join(tensorboard_dir, name.replace(
               " ", "_")) if tensorboard_dir else None))
       log.append(key, train_metrics(result) + extra)
+      if checkpoint_dir:  # only now: the rows hold what it was kept for
+        train_lib.discard_checkpoint(checkpoint_dir)
       logger.info("%s: test 10-crop %.4f centre %.4f, %d epochs, %.0f s, %s",
                   name, result.test_accuracy_10crop,
                   result.test_accuracy_center, result.epochs,

@@ -188,6 +188,18 @@ class _PaperSchedule(keras.callbacks.Callback):
     self._note_machine(state.get("machines"), len(state["history"]) + 1)
     return len(state["history"])
 
+  def restored_finished(self) -> bool:
+    """Whether the restored checkpoint is of a run whose training had ended
+    (the process was killed while it tested, or before its caller stored
+    the result): such a run is tested again, not trained further. Its last
+    epoch's checkpoint holds the stop reason the schedule had set."""
+    if not self.restored:
+      return False
+    if self.restored.get("stop_reason", "max_epochs") != "max_epochs":
+      return True
+    return bool(self.config.max_epochs) and (
+        len(self.restored["history"]) >= self.config.max_epochs)
+
   def _note_machine(self, then: list[dict] | None, resumed_at: int) -> None:
     """Keeps the checkpoint's machine list, adding this machine if it
     differs; says so, as the rest of the run may not be bit-identical to
@@ -446,6 +458,11 @@ def reinitialize(model: keras.Model, seed: int) -> None:
       layer.bias.assign(np.zeros(layer.bias.shape, layer.bias.dtype))
 
 
+def discard_checkpoint(checkpoint_dir: str | os.PathLike) -> None:
+  """Removes a finished run's checkpoint (after its result is stored)."""
+  shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
 def _checkpointed_restarts(checkpoint_dir: str | None) -> int:
   """Restarts already made by the run a checkpoint belongs to (0 if none)."""
   state = pathlib.Path(checkpoint_dir) / "state.json" if checkpoint_dir else None
@@ -548,7 +565,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
                        trunk_cache: eval_lib.TrunkCache | None = None,
                        snapshot_epochs: Collection[int] = (),
                        snapshot: Callable[[int, keras.Model, dict], None]
-                       | None = None
+                       | None = None,
+                       keep_checkpoint: bool = False,
                        ) -> TrainResult:
   """Trains a model with the paper's schedule and evaluates it on test.
 
@@ -566,8 +584,12 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     label: name used in progress lines (defaults to the model name).
     strategy: an optional tf.distribute strategy the model was built under.
     checkpoint_dir: if set, the run is checkpointed after every epoch and a
-      rerun with the same directory resumes where it stopped (removed when
-      training ends).
+      rerun with the same directory resumes where it stopped; a run killed
+      after training ended (in its test passes) is tested again, not
+      retrained. Removed once the tests are done, unless keep_checkpoint.
+    keep_checkpoint: leave the checkpoint for the caller to remove with
+      ``discard_checkpoint`` once it has stored the result (so that nothing
+      is lost if the process dies in between).
     trunk_cache: if set, test features of a frozen trunk (EdgeCNN1) are
       taken from and kept in it (see evaluate.TrunkCache).
     snapshot_epochs: epochs (1-based) after which ``snapshot`` is called.
@@ -618,7 +640,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
     with strategy.scope() if strategy is not None else contextlib.nullcontext():
       _compile(model, config)
     initial_epoch = schedule.restore(model) if checkpoint_dir else 0
-    if (schedule.restored and config.augment
+    finished = schedule.restored_finished()
+    if (schedule.restored and config.augment and not finished
         and not _needs_custom_loop(strategy)):  # that loop does not resume
       # Each pass over the pipeline draws a new shuffle and new crops from
       # its seed; a fresh pipeline would replay the first passes' batches
@@ -626,7 +649,17 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
       # epochs 23-44). Bring it to the pass the killed run was on.
       data_lib.skip_passes(train_ds, schedule.data_passes_done()
                            - _FIT_PASSES_PER_EPOCH * total_epochs)
-    if _needs_custom_loop(strategy):
+    if finished:
+      # Session 35 lost an hour-long run this way: killed in its test
+      # passes, after the checkpoint had been deleted. Now the checkpoint
+      # outlives the tests, and a rerun tests the run it holds.
+      logger.info("%s: the checkpoint's training had ended (%s after epoch "
+                  "%d); not training further", label,
+                  schedule.restored.get("stop_reason", "max_epochs"),
+                  initial_epoch)
+      schedule.set_model(model)
+      schedule.on_train_begin()
+    elif _needs_custom_loop(strategy):
       _fit_distributed(model, train_ds, val_ds, config, strategy, schedule)
     else:
       model.fit(train_ds, validation_data=val_ds, shuffle=False,
@@ -650,8 +683,6 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   last_weights = model.get_weights() if both else None
   if schedule.restored:
     wall += schedule.restored.get("elapsed_s", 0.0)
-  if checkpoint_dir:
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
   has_best = schedule.best_weights is not None
   restore = config.restore_best and has_best  # the tested weights are the best
   best_val = schedule.best[0] if has_best else 0.0
@@ -693,6 +724,8 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
       test = test_pass()
   trainable, frozen = models.count_params(model)
   chance = 1.0 / info.num_classes
+  if checkpoint_dir and not keep_checkpoint:
+    discard_checkpoint(checkpoint_dir)
   return TrainResult(
       epochs=total_epochs, wall_time_s=wall,
       time_per_epoch_s=wall / max(total_epochs, 1),

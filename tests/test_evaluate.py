@@ -175,6 +175,47 @@ def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
   assert not run_dir.exists()  # removed when the run ended
 
 
+def test_a_large_run_killed_while_it_tests_is_tested_not_retrained(
+    setup, tmp_path, monkeypatch):
+  cloud, ds = setup
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3,), labels="oracle", models=(True,))
+  config = train_lib.get_config("paper", max_epochs=2)
+  root = tmp_path / "ckpt"
+  log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
+  kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
+  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
+                    f"{models.model_hash(cloud)[:12]}")
+
+  class Kill(Exception):
+    pass
+
+  real_append = results.ResultLog.append
+
+  def die_on_the_large_run(self, key, rows):
+    if key["num_images"] == 40:
+      raise Kill()  # as a session ending between the tests and the rows
+    return real_append(self, key, rows)
+
+  monkeypatch.setattr(results.ResultLog, "append", die_on_the_large_run)
+  with pytest.raises(Kill):
+    sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
+  assert (run_dir / "state.json").exists()  # trained, tested, not stored
+  monkeypatch.setattr(results.ResultLog, "append", real_append)
+  saves = []
+  real_save = train_lib._PaperSchedule._save_checkpoint
+  monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint",
+                      lambda self, epoch: saves.append(epoch)
+                      or real_save(self, epoch))
+  sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
+  assert saves == []  # the rerun trained no epoch
+  rows = pd.read_csv(tmp_path / "rows.csv")
+  large = rows[rows.num_images == 40]
+  assert large[large.metric == "epochs"].value.tolist() == [2]
+  assert large[large.metric == "test_accuracy_10crop"].value.between(0, 1).all()
+  assert not run_dir.exists()  # removed once its rows were written
+
+
 def test_sweeps_sharing_a_csv_skip_the_run_another_one_holds(setup, tmp_path):
   cloud, ds = setup
   spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),

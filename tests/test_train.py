@@ -692,3 +692,90 @@ def test_snapshot_checkpoint_leaves_the_old_copy_when_it_cannot(tmp_path,
       "epoch1.weights.h5"
   assert (dest / "epoch1.weights.h5").read_text() == "weights 1"
   assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
+
+
+def test_a_run_killed_while_it_tests_keeps_its_checkpoint_and_is_tested_on_rerun(
+    tmp_path, monkeypatch, caplog):
+  # Session 35: an hour-long run was killed in its test passes after the
+  # checkpoint had been deleted, so the rerun had to train from scratch.
+  ds = fake_dataset("mnist", n_train=60, n_test=10)
+  split = data_lib.subset_split(60, 60, seed=0)
+  config = train_lib.get_config("paper", max_epochs=3, batch_size=16,
+                                stop_patience=100)
+  ckpt = tmp_path / "ckpt"
+
+  def train(model_seed, checkpoint_dir=None):
+    keras.utils.set_random_seed(0)
+    model = models.build_cloud_cnn((24, 24, 1), preset="compact",
+                                   seed=model_seed)
+    return train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                                        checkpoint_dir=checkpoint_dir)
+
+  whole = train(0)
+
+  class Kill(Exception):
+    pass
+
+  real_evaluate = eval_lib.evaluate
+
+  def die(*args, **kwargs):
+    raise Kill()
+
+  monkeypatch.setattr(eval_lib, "evaluate", die)
+  with pytest.raises(Kill):
+    train(0, str(ckpt))
+  state = json.loads((ckpt / "state.json").read_text())
+  assert len(state["history"]) == 3  # all of training is kept
+
+  monkeypatch.setattr(eval_lib, "evaluate", real_evaluate)
+  saves = []
+  real_save = train_lib._PaperSchedule._save_checkpoint
+  monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint",
+                      lambda self, epoch: saves.append(epoch)
+                      or real_save(self, epoch))
+  with caplog.at_level("INFO", logger="edgecnn"):
+    # Another initialisation: what is tested must be the checkpoint's.
+    rerun = train(1, str(ckpt))
+  assert saves == []  # not one more epoch trained
+  assert "training had ended (max_epochs after epoch 3)" in caplog.text
+  assert [h["epoch"] for h in rerun.history] == [1, 2, 3]
+  assert rerun.epochs == whole.epochs == 3
+  assert rerun.best_epoch == whole.best_epoch
+  assert rerun.best_val_accuracy == whole.best_val_accuracy
+  assert rerun.test_accuracy_10crop == whole.test_accuracy_10crop
+  assert rerun.test_accuracy_center == whole.test_accuracy_center
+  assert rerun.epoch_tests == whole.epoch_tests
+  assert rerun.wall_time_s >= state["elapsed_s"]
+  assert not ckpt.exists()  # removed once tested
+
+
+def test_keep_checkpoint_leaves_it_for_the_caller(tmp_path):
+  ds = fake_dataset("mnist", n_train=60, n_test=10)
+  split = data_lib.subset_split(60, 60, seed=0)
+  config = train_lib.get_config("paper", max_epochs=1, batch_size=16)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  ckpt = tmp_path / "ckpt"
+  train_lib.train_and_evaluate(model, ds, split, config, seed=0,
+                               checkpoint_dir=str(ckpt), evaluate_test=False,
+                               keep_checkpoint=True)
+  assert (ckpt / "state.json").exists()
+  train_lib.discard_checkpoint(ckpt)
+  assert not ckpt.exists()
+
+
+@pytest.mark.parametrize("stop_reason, epochs, max_epochs, finished", [
+    ("no_val_improvement_30_epochs", 40, None, True),
+    ("lr_reduced_over_1000x", 90, 200, True),
+    ("dead", 5, None, True),  # restarted by train_and_evaluate, not trained on
+    ("max_epochs", 12, None, False),  # a run in progress
+    ("max_epochs", 12, 20, False),
+    ("max_epochs", 20, 20, True),
+])
+def test_restored_finished_tells_an_ended_run_from_one_in_progress(
+    stop_reason, epochs, max_epochs, finished):
+  config = train_lib.get_config("paper", max_epochs=max_epochs)
+  schedule = train_lib._PaperSchedule(config, 10, "run")
+  assert not schedule.restored_finished()  # nothing restored
+  schedule.restored = {"stop_reason": stop_reason,
+                       "history": [{"epoch": e + 1} for e in range(epochs)]}
+  assert schedule.restored_finished() is finished
