@@ -321,7 +321,9 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
   least ``checkpoint_min_images`` images checkpoint every epoch under it (one
   directory per run, named by its row key and the cloud model's hash) and
   a rerun resumes them, so a killed N=60,000 run loses at most one epoch; the
-  directory is removed when the run ends. Each run is claimed in ``log``
+  directory is removed once the run's rows are written (a run killed in its
+  test passes is tested again on rerun, not retrained), or, if a kill came
+  between the two, by the next sweep that finds the rows. Each run is claimed in ``log``
   (``ResultLog.claim``) while it trains, so several sweeps started on the same
   CSV and grid share the runs out instead of training any twice; a sweep
   killed mid-run leaves its claim to be taken over by the next one started on
@@ -345,9 +347,27 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
   runs = list(sweep_runs(dataset.info.name, spec))
   start = time.perf_counter()
   current = None  # (seed, N) whose split and update-phase labels are held
+
+  def run_checkpoint(key) -> str | None:
+    if checkpoint_root is None or key["num_images"] < checkpoint_min_images:
+      return None
+    return str(pathlib.Path(checkpoint_root) / (
+        f"{dataset.info.name}-{spec.preset}-"
+        f"{model_label(key['pretrained'], key['num_shared'])}"
+        f"-N{key['num_images']}-seed{key['seed']}-{key['labels']}"
+        + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
+        + f"-{cloud_hash[:12]}"))
+
   for i, (seed, n, m, pretrained, key) in enumerate(runs):
     if log.done(key):
       skipped += 1
+      left_over = run_checkpoint(key)
+      if left_over and os.path.isdir(left_over):
+        # Killed after its rows were written, before it removed this.
+        logger.info("%s N=%d seed=%d: its rows are in the CSV; removing the "
+                    "checkpoint left at %s", model_label(pretrained, m), n,
+                    seed, left_over)
+        train_lib.discard_checkpoint(left_over)
       continue
     if not log.claim(key):
       # Another sweep on this CSV finished the run or is running it.
@@ -382,13 +402,7 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
           kernel_initializer=spec.kernel_initializer, seed=seed,
           head_pool=spec.head_pool)
       name = f"{model_label(pretrained, m)} N={n} seed={seed}"
-      checkpoint_dir = None
-      if checkpoint_root is not None and n >= checkpoint_min_images:
-        checkpoint_dir = str(pathlib.Path(checkpoint_root) / (
-            f"{dataset.info.name}-{spec.preset}-{model_label(pretrained, m)}"
-            f"-N{n}-seed{seed}-{label_source}"
-            + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
-            + f"-{cloud_hash[:12]}"))
+      checkpoint_dir = run_checkpoint(key)
       logger.info("training %s (%s labels)", name, label_source)
       result = train_lib.train_and_evaluate(
           edge, dataset, split, config, seed=seed,

@@ -216,6 +216,42 @@ def test_a_large_run_killed_while_it_tests_is_tested_not_retrained(
   assert not run_dir.exists()  # removed once its rows were written
 
 
+def test_a_checkpoint_left_beside_finished_rows_is_removed_by_the_next_sweep(
+    setup, tmp_path, monkeypatch, caplog):
+  cloud, ds = setup
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3,), labels="oracle", models=(True,))
+  config = train_lib.get_config("paper", max_epochs=1)
+  root = tmp_path / "ckpt"
+  log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
+  kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
+  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
+                    f"{models.model_hash(cloud)[:12]}")
+
+  class Kill(Exception):
+    pass
+
+  def die(path):
+    raise Kill()  # killed between the rows and the checkpoint's removal
+
+  real_discard = train_lib.discard_checkpoint
+  monkeypatch.setattr(train_lib, "discard_checkpoint", die)
+  with pytest.raises(Kill):
+    sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
+  assert (run_dir / "state.json").exists()
+  rows_before = pd.read_csv(tmp_path / "rows.csv")
+  assert (rows_before.num_images == 40).any()
+  monkeypatch.setattr(train_lib, "discard_checkpoint", real_discard)
+  with caplog.at_level("INFO", logger="edgecnn"):
+    trained = sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log,
+                                         **kwargs)
+  assert trained == 0
+  assert "removing the checkpoint left at" in caplog.text
+  assert not run_dir.exists()
+  pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "rows.csv"),
+                                rows_before)
+
+
 def test_sweeps_sharing_a_csv_skip_the_run_another_one_holds(setup, tmp_path):
   cloud, ds = setup
   spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
