@@ -323,11 +323,11 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
   a rerun resumes them, so a killed N=60,000 run loses at most one epoch; the
   directory is removed once the run's rows are written (a run killed in its
   test passes is tested again on rerun, not retrained), or, if a kill came
-  between the two, by the next sweep that finds the rows. Each run is claimed in ``log``
-  (``ResultLog.claim``) while it trains, so several sweeps started on the same
-  CSV and grid share the runs out instead of training any twice; a sweep
-  killed mid-run leaves its claim to be taken over by the next one started on
-  this host.
+  between the two, by the next sweep that finds the rows. Each run is claimed
+  in ``log`` (``ResultLog.claim``) while it trains, so several sweeps started
+  on the same CSV and grid share the runs out instead of training any twice; a
+  sweep killed mid-run leaves its claim to be taken over by the next one
+  started on this host.
 
   ``cloud`` is the CloudCNN, or its payloads by m (all of ``spec.shared``;
   cloud_model.load_payloads): EdgeCNN1 needs only those, and the update

@@ -694,7 +694,7 @@ def test_snapshot_checkpoint_leaves_the_old_copy_when_it_cannot(tmp_path,
   assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
 
 
-def test_a_run_killed_while_it_tests_keeps_its_checkpoint_and_is_tested_on_rerun(
+def test_a_run_killed_while_it_tests_keeps_its_checkpoint_and_is_retested(
     tmp_path, monkeypatch, caplog):
   # Session 35: an hour-long run was killed in its test passes after the
   # checkpoint had been deleted, so the rerun had to train from scratch.
