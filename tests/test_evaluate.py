@@ -131,15 +131,29 @@ def test_sweep_rows_are_the_same_with_and_without_the_cache(setup, tmp_path):
   assert values["cached"] == values["whole"]
 
 
+class _Kill(Exception):
+  """Stands for the process dying at a chosen point."""
+
+
+def _checkpointed_sweep(cloud, tmp_path, max_epochs):
+  """A sweep of N=20 and 40 whose N=40 run checkpoints; its run directory."""
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
+                          shared=(3,), labels="oracle", models=(True,))
+  config = train_lib.get_config("paper", max_epochs=max_epochs)
+  root = tmp_path / "ckpt"
+  log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
+  kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
+  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
+                    f"{models.model_hash(cloud)[:12]}")
+  return spec, config, log, kwargs, run_dir
+
+
 def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
                                                        monkeypatch):
   cloud, ds = setup
   seen = []
   real_train = train_lib.train_and_evaluate
   real_save = train_lib._PaperSchedule._save_checkpoint
-
-  class Kill(Exception):
-    pass
 
   def spy(*args, **kwargs):
     seen.append(kwargs.get("checkpoint_dir"))
@@ -148,22 +162,16 @@ def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
   def save_then_die(self, epoch):
     real_save(self, epoch)
     if epoch == 2:
-      raise Kill()
+      raise _Kill()
 
   monkeypatch.setattr(sweeps.train_lib, "train_and_evaluate", spy)
-  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
-                          shared=(3,), labels="oracle", models=(True,))
-  config = train_lib.get_config("paper", max_epochs=4)
-  root = tmp_path / "ckpt"
-  log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
-  kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
+  spec, config, log, kwargs, run_dir = _checkpointed_sweep(cloud, tmp_path,
+                                                           max_epochs=4)
   monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint",
                       save_then_die)
-  with pytest.raises(Kill):
+  with pytest.raises(_Kill):
     sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
   assert not list(log.claims_dir.iterdir())  # released on the way out
-  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
-                    f"{models.model_hash(cloud)[:12]}")
   assert seen == [None, str(run_dir)]  # N=20 is below the threshold
   assert (run_dir / "state.json").exists()
   monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint", real_save)
@@ -178,27 +186,18 @@ def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
 def test_a_large_run_killed_while_it_tests_is_tested_not_retrained(
     setup, tmp_path, monkeypatch):
   cloud, ds = setup
-  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
-                          shared=(3,), labels="oracle", models=(True,))
-  config = train_lib.get_config("paper", max_epochs=2)
-  root = tmp_path / "ckpt"
-  log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
-  kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
-  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
-                    f"{models.model_hash(cloud)[:12]}")
-
-  class Kill(Exception):
-    pass
+  spec, config, log, kwargs, run_dir = _checkpointed_sweep(
+      cloud, tmp_path, max_epochs=2)
 
   real_append = results.ResultLog.append
 
   def die_on_the_large_run(self, key, rows):
     if key["num_images"] == 40:
-      raise Kill()  # as a session ending between the tests and the rows
+      raise _Kill()  # as a session ending between the tests and the rows
     return real_append(self, key, rows)
 
   monkeypatch.setattr(results.ResultLog, "append", die_on_the_large_run)
-  with pytest.raises(Kill):
+  with pytest.raises(_Kill):
     sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
   assert (run_dir / "state.json").exists()  # trained, tested, not stored
   monkeypatch.setattr(results.ResultLog, "append", real_append)
@@ -219,24 +218,15 @@ def test_a_large_run_killed_while_it_tests_is_tested_not_retrained(
 def test_a_checkpoint_left_beside_finished_rows_is_removed_by_the_next_sweep(
     setup, tmp_path, monkeypatch, caplog):
   cloud, ds = setup
-  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
-                          shared=(3,), labels="oracle", models=(True,))
-  config = train_lib.get_config("paper", max_epochs=1)
-  root = tmp_path / "ckpt"
-  log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
-  kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
-  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
-                    f"{models.model_hash(cloud)[:12]}")
-
-  class Kill(Exception):
-    pass
+  spec, config, log, kwargs, run_dir = _checkpointed_sweep(
+      cloud, tmp_path, max_epochs=1)
 
   def die(path):
-    raise Kill()  # killed between the rows and the checkpoint's removal
+    raise _Kill()  # killed between the rows and the checkpoint's removal
 
   real_discard = train_lib.discard_checkpoint
   monkeypatch.setattr(train_lib, "discard_checkpoint", die)
-  with pytest.raises(Kill):
+  with pytest.raises(_Kill):
     sweeps.edge_accuracy_sweep(ds, cloud, spec, config, log, **kwargs)
   assert (run_dir / "state.json").exists()
   rows_before = pd.read_csv(tmp_path / "rows.csv")
