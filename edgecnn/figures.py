@@ -436,11 +436,26 @@ def _paper_accuracy(dataset: str) -> pd.DataFrame:
 
 
 def _by_model_and_n(pairs: pd.DataFrame):
-  """(model, N, rows) in table order: EdgeCNN1-3, EdgeCNN0-3, ..., by N."""
-  groups = pairs.groupby(["model", "num_images"])
-  for (model, n), group in sorted(groups, key=lambda item: (
-      _model_order(item[0][0]), int(item[0][1]))):
-    yield model, int(n), group
+  """(model, N, rows) in table order: EdgeCNN1-3, EdgeCNN0-3, ..., by N.
+
+  With a ``labels`` column, runs of one model and N whose labels differ are
+  different runs (an EdgeCNN1 at N=5,000 trained on 5,000 true labels, the
+  initialisation phase of a sweep that starts there, against one whose
+  uploads CloudCNN labelled) and come as rows of their own; N is then a
+  string that says so for the EdgeCNN1 runs on true labels alone above the
+  smallest N of ``pairs``.
+  """
+  by = ["model", "num_images"] + (["labels"] if "labels" in pairs else [])
+  smallest = int(pairs.num_images.min()) if len(pairs) else 0
+  groups = pairs.groupby(by)
+  for key, group in sorted(groups, key=lambda item: (
+      _model_order(item[0][0]), int(item[0][1]), str(item[0][2:]))):
+    model, n = key[0], int(key[1])
+    if (len(key) > 2 and key[2] == "true" and n > smallest
+        and model.startswith("EdgeCNN1")):
+      yield model, f"{n} (true labels only)", group
+    else:
+      yield model, n, group
 
 
 def _paper_cell(paper: pd.DataFrame, model: str, n: int) -> str:
@@ -542,8 +557,10 @@ def ablation_table(results_dir, name: str, dataset: str, *,
         "compares two result CSVs of the same runs.")
   pairs = _ablation_pairs(frames[base], frames[name], dataset, preset,
                           metrics[base], metric)
+  unpaired = pairs.attrs.get("unpaired", [])
   if pairs.empty:
-    return f"No run of {name}.csv is in {base}.csv.\n"
+    return f"No run of {name}.csv is in {base}.csv.\n" + _unpaired_text(
+        unpaired, name, base)
   paper = _paper_accuracy(dataset)
 
   lines = [f"| model | N | {base} | {name} | {name} - {base}, paired | "
@@ -557,31 +574,77 @@ def ablation_table(results_dir, name: str, dataset: str, *,
                  f"{theirs} |")
   compared = (metric if metrics[base] == metric
               else f"{name}'s {metric} against {base}'s {metrics[base]}")
-  return "\n".join(lines) + f"\n\n{compared}, mean±std over seeds.\n"
+  return ("\n".join(lines) + f"\n\n{compared}, mean±std over seeds.\n"
+          + _unpaired_text(unpaired, name, base))
+
+
+def _unpaired_text(unpaired: list[tuple], name: str, base: str) -> str:
+  """The note under an ablation table on runs left unpaired by their labels."""
+  if not unpaired:
+    return ""
+  seeds: dict[tuple, list[int]] = {}
+  for model, n, seed, ours, theirs in unpaired:
+    seeds.setdefault((model, int(n), ours, tuple(theirs)), []).append(
+        int(seed))
+  runs = "; ".join(
+      f"{model} N={n} seed{'s' if len(found) > 1 else ''} "
+      f"{', '.join(str(s) for s in found)} ({ours} in {name}, "
+      f"{' / '.join(theirs)} in {base})"
+      for (model, n, ours, theirs), found in seeds.items())
+  return ("\nNot paired, their labels differ (a sweep's smallest N trains on "
+          "true labels only, its larger N on CloudCNN's labels for the "
+          f"uploads): {runs}.\n")
 
 
 def _ablation_pairs(base: pd.DataFrame, ablation: pd.DataFrame, dataset: str,
                     preset: str, base_metric: str,
                     metric: str) -> pd.DataFrame:
   """Runs of ``ablation`` paired with the same runs of ``base`` (dataset,
-  preset, model, N, seed): columns model, num_images, seed, base, ablation,
-  diff. The base's rows are those without a condition, the ablation's all of
-  its rows of the preset."""
+  preset, model, N, seed and labels): columns model, num_images, seed,
+  labels (the ablation's), base, ablation, diff. The base's rows are those
+  without a condition, the ablation's all of its rows of the preset.
+
+  Labels must match, but for ``oracle`` against ``cloud`` (either way
+  round): the same update phase with true labels in place of CloudCNN's is
+  the contrast an oracle ablation measures. A ``true`` run above a sweep's
+  smallest N is an initialisation phase on N true labels, another run than
+  the update phase of the same N; such runs, present on both sides under
+  labels that do not pair, are listed in ``pairs.attrs["unpaired"]`` as
+  (model, N, seed, ablation's labels, base's labels) rather than averaged
+  together or paired across. Files without a labels column pair as before.
+  """
   keys = ["model", "num_images", "seed"]
+  columns = [*keys, "labels", "base", "ablation", "diff"]
   needed = {"dataset", "preset", "metric", "value", *keys}
   if not needed <= set(base.columns) or not needed <= set(ablation.columns):
-    return pd.DataFrame(columns=[*keys, "base", "ablation", "diff"])
+    return pd.DataFrame(columns=columns)
   per = {}
   for which, frame, wanted in (("base", base, base_metric),
                                ("ablation", ablation, metric)):
     rows = frame[(frame.dataset == dataset) & (frame.metric == wanted)]
     rows = (_plain(rows, preset) if which == "base"
             else rows[rows.preset == preset])
-    per[which] = rows.groupby(keys)["value"].mean()
-  both = per["base"].index.intersection(per["ablation"].index)
-  pairs = pd.DataFrame({"base": per["base"][both],
-                        "ablation": per["ablation"][both]}).reset_index()
+    rows = rows.assign(labels=rows["labels"].astype(str).str.lower()
+                       if "labels" in rows else "")
+    per[which] = rows.groupby([*keys, "labels"])["value"].mean()
+  swap = {"oracle": "cloud", "cloud": "oracle"}
+  out, unpaired = [], []
+  base_runs = {}
+  for (model, n, seed, labels), value in per["base"].items():
+    base_runs.setdefault((model, n, seed), {})[labels] = value
+  for (model, n, seed, labels), value in per["ablation"].items():
+    theirs = base_runs.get((model, n, seed))
+    if not theirs:
+      continue
+    match = labels if labels in theirs else swap.get(labels)
+    if match in theirs:
+      out.append((model, n, seed, labels, theirs[match], value))
+    else:
+      unpaired.append((model, n, seed, labels, sorted(theirs)))
+  pairs = pd.DataFrame(out, columns=columns[:-1])
   pairs["diff"] = pairs["ablation"] - pairs["base"]
+  pairs.attrs["unpaired"] = sorted(unpaired, key=lambda u: (
+      _model_order(u[0]), u[1], u[2]))
   return pairs
 
 
@@ -622,7 +685,7 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
   lines = ["| CSV | dataset | condition | paired runs | models | N | "
            "difference, points | higher / lower / equal |",
            "|---|---|---|---|---|---|---|---|"]
-  unrecorded, unpaired, unreadable = [], [], []
+  unrecorded, unpaired, unreadable, by_labels = [], [], [], []
   for path in sorted(pathlib.Path(results_dir).glob("*.csv")):
     if path.stem == base:
       continue
@@ -642,6 +705,9 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
       legacy += len(_ablation_pairs(
           base_frame, frame, dataset, preset, f"test_accuracy_{crop}",
           f"test_accuracy_{crop}")) - len(pairs)
+      if pairs.attrs.get("unpaired"):
+        by_labels.append(f"{path.stem}.csv, {dataset} "
+                         f"({len(pairs.attrs['unpaired'])})")
       if pairs.empty:
         continue
       paired = True
@@ -675,6 +741,10 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
              + ", ".join(unrecorded) + ".\n")
   if unpaired:
     text += (f"\nNo run in {base}.csv: " + ", ".join(unpaired) + ".\n")
+  if by_labels:
+    text += ("\nRuns left unpaired because their labels differ from the "
+             f"same model, N and seed in {base}.csv (ablation_table lists "
+             "them): " + ", ".join(by_labels) + ".\n")
   if unreadable:
     text += "\nNot readable as a CSV: " + "; ".join(unreadable) + ".\n"
   return text

@@ -237,6 +237,42 @@ def sweep_runs(dataset_name: str, spec: SweepSpec
           yield seed, n, m, pretrained, key
 
 
+def initialisation_clashes(dataset_name: str, spec: SweepSpec,
+                           log: results.ResultLog) -> str | None:
+  """A warning when this sweep starts above the sweeps ``log`` already holds;
+  None otherwise.
+
+  The smallest N of a sweep is its initialisation phase, on N true labels;
+  in a sweep that starts lower, the same N is an update phase whose uploads
+  CloudCNN (or, for ``oracle``, the truth) labelled. Both are legitimate runs
+  with their own ``labels`` and skip keys, so nothing clashes in the CSV; but
+  ``--num_images=5000`` meant as "the missing N=5,000 of the 100-5,000 grid"
+  trains the other experiment. The sign: ``log`` has EdgeCNN1 runs of the
+  same dataset and preset initialised (labels=true) at a smaller N.
+  """
+  if True not in spec.models:
+    return None
+  n0 = min(spec.num_images)
+  rows = log.read()
+  rows = rows[(rows["dataset"] == dataset_name)
+              & (rows["preset"] == spec.preset)
+              & (rows["pretrained"] == "True") & (rows["labels"] == "true")]
+  starts = sorted({int(n) for n in rows["num_images"] if int(n) < n0})
+  if not starts:
+    return None
+  grid = ",".join(str(n) for n in sorted({starts[0], *spec.num_images}))
+  source = "CloudCNN" if spec.labels == "cloud" else "their true labels"
+  return (f"--num_images starts at N={n0:,}, so this sweep's EdgeCNN1 runs "
+          f"there are initialisation phases on {n0:,} true labels "
+          f"(labels=true). {log.path.name} holds EdgeCNN1 sweeps that start "
+          f"at N={starts[0]:,}, in which N={n0:,} is an update phase on "
+          f"{starts[0]:,} true labels and {n0 - starts[0]:,} uploads labelled "
+          f"by {source} (labels={spec.labels}): different runs, which "
+          "will sit beside each other in the CSV (the tables keep them "
+          "apart). To add the update phase, give the whole list, e.g. "
+          f"--num_images={grid}; the rows already there are skipped.")
+
+
 def plan_sweep(dataset_name: str, spec: SweepSpec,
                log: results.ResultLog,
                others: Sequence[results.ResultLog] = ()) -> pd.DataFrame:

@@ -37,7 +37,10 @@ common.declare_key_flags("data", "cloud", "training", "results",
 
 NUM_IMAGES = flags.DEFINE_list(
     "num_images", ["paper"], "Values of N, in run order; 'paper' is the "
-    "paper's grid for --dataset. The smallest N is the initialisation phase.")
+    "paper's grid for --dataset. The smallest N is the initialisation phase "
+    "(true labels only), so N=5000 alone is another run than N=5000 in "
+    "100,500,1000,5000 (an update phase); to fill in one N of a grid, give "
+    "the whole list: finished runs are skipped.")
 SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds to run.")
 SHARED = flags.DEFINE_list("shared", ["3", "5", "10"], "Values of m.")
 LABELS = flags.DEFINE_enum(
@@ -122,6 +125,9 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
   others = ([results.ResultLog(main_csv, {})] if main_csv.exists()
             and main_csv.resolve() != log.path.resolve() else [])
   plan = sweeps.plan_sweep(name, sweep_spec(name), log, others)
+  clash = sweeps.initialisation_clashes(name, sweep_spec(name), log)
+  if clash:
+    print(f"Note: {clash}")
   todo = plan[~plan["done"]]
   print(f"{log.path}: {len(plan)} runs in this sweep, {int(plan['done'].sum())} "
         f"already there, {len(todo)} to run.")
@@ -201,6 +207,9 @@ def run(experiment: str) -> int:
                               also=("kernel_initializer", "cloud_label_mode"),
                               facts=teacher)
   common.save_flags(log, f"{name}-{spec.preset}", facts=teacher)
+  clash = sweeps.initialisation_clashes(name, spec, log)
+  if clash:
+    logging.warning("%s", clash)
   config = dataclasses.replace(common.train_config(),
                                test_both_weights=TEST_BOTH_WEIGHTS.value)
   return sweeps.edge_accuracy_sweep(

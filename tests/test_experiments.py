@@ -173,6 +173,16 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert "2 runs have no estimate" in plan.stdout
   assert "training EdgeCNN" not in plan.stderr
   assert len(pd.read_csv(csv)) == len(rows)
+  assert "Note:" not in plan.stdout
+  # N=40 alone is an initialisation phase on 40 true labels, not the
+  # update phase of the 20,40 sweep already in the CSV: a run to do, named.
+  plan = run("edge_accuracy", *common, "--num_images=40", "--seeds=0",
+             "--shared=3", f"--results_csv={csv}", "--dry_run",
+             "--cloud_dir=/nonexistent", "--data_dir=/nonexistent", cwd=root)
+  assert "2 runs in this sweep, 1 already there, 1 to run." in plan.stdout
+  assert ("Note: --num_images starts at N=40, so this sweep's EdgeCNN1 runs "
+          "there are initialisation phases on 40 true labels") in plan.stdout
+  assert "--num_images=20,40;" in plan.stdout
   # An ablation's CSV, empty so far, borrows the main grid's times (the
   # edge_accuracy.csv beside it) for the same model and N, marked ~.
   ablation_csv = csv.with_name("ablation_x.csv")

@@ -378,6 +378,49 @@ def test_ablation_table_pairs_runs_across_two_csvs(tmp_path):
                            base="edge_accuracy_x")
 
 
+def test_ablation_table_never_pairs_or_averages_runs_of_other_labels(tmp_path):
+  # At N=5,000 a sweep that starts at 100 trains on 100 true labels and 4,900
+  # of CloudCNN's; one that starts at 5,000 on 5,000 true labels: two runs.
+  base = edge_log(tmp_path)
+  ablation = edge_log(tmp_path, "ablation_long")
+  key = {**FASHION_EDGECNN1_3, "dataset": "cifar10", "num_images": 5000}
+  acc = "last_epoch_test_accuracy_10crop"
+  for seed in (0, 1):
+    base.append({**key, "labels": "cloud", "seed": seed},
+                [(acc, 0.70, "fraction")])
+    ablation.append({**key, "labels": "true", "seed": seed},
+                    [(acc, 0.20, "fraction")])
+  ablation.append({**key, "labels": "cloud", "seed": 0},
+                  [(acc, 0.72, "fraction")])
+  base.append({**key, "num_images": 100, "labels": "true", "seed": 0},
+              [(acc, 0.40, "fraction")])
+  ablation.append({**key, "num_images": 100, "labels": "true", "seed": 0},
+                  [(acc, 0.41, "fraction")])
+  table = figures.ablation_table(tmp_path, "ablation_long", "cifar10",
+                                 metric=acc)
+  assert "| EdgeCNN1-3 | 100 | 40.00 | 41.00 | +1.00 (n=1; +1.00) |" in table
+  assert "| EdgeCNN1-3 | 5000 | 70.00 | 72.00 | +2.00 (n=1; +2.00) |" in table
+  assert "20.00" not in table and "(true labels only)" not in table
+  assert ("Not paired, their labels differ" in table and
+          "EdgeCNN1-3 N=5000 seeds 0, 1 (true in ablation_long, cloud in "
+          "edge_accuracy)." in table)
+  summary = figures.ablation_summary(tmp_path, weights="last")
+  assert ("| ablation_long | cifar10 | – | 2 | EdgeCNN1-3 | 100-5,000 (2) | "
+          "+1.50±0.71 | 2 / 0 / 0 |") in summary
+  assert ("Runs left unpaired because their labels differ from the same "
+          "model, N and seed in edge_accuracy.csv (ablation_table lists "
+          "them): ablation_long.csv, cifar10 (2).") in summary
+  # Within one pair of sweeps that both hold both kinds: separate rows.
+  base.append({**key, "labels": "true", "seed": 0}, [(acc, 0.25, "fraction")])
+  table = figures.ablation_table(tmp_path, "ablation_long", "cifar10",
+                                 metric=acc)
+  assert ("| EdgeCNN1-3 | 5000 (true labels only) | 25.00 | 20.00 | -5.00 "
+          "(n=1; -5.00) |") in table
+  assert "| EdgeCNN1-3 | 5000 | 70.00 | 72.00 |" in table
+  assert "EdgeCNN1-3 N=5000 seed 1 (true in ablation_long, cloud in" in table
+  assert "N=5000 seeds" not in table
+
+
 def test_ablation_summary_pairs_every_csv_on_the_same_weights(tmp_path):
   base = edge_log(tmp_path)
   ablation = edge_log(tmp_path, "ablation_head")

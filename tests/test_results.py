@@ -86,6 +86,37 @@ def test_old_schema_is_refused_then_migrated(tmp_path):
   assert list(frame.columns) == list(results.COLUMNS) and len(frame) == 2
 
 
+def test_sweep_starting_above_the_csvs_sweeps_is_named_as_another_run(tmp_path):
+  from edgecnn import sweeps
+  log = results.ResultLog(tmp_path / "r.csv", {"experiment": "edge_accuracy"})
+  grid = sweeps.SweepSpec(preset="compact", num_images=(100, 500),
+                          seeds=(0,), shared=(3,), models=(True,))
+  assert sweeps.initialisation_clashes("cifar10", grid, log) is None
+  for *_, key in sweeps.sweep_runs("cifar10", grid):
+    log.append(key, [("wall_time", 1.0, "s")])
+  # The whole list again, or a list that starts as low: nothing to say.
+  assert sweeps.initialisation_clashes("cifar10", grid, log) is None
+  assert sweeps.initialisation_clashes(
+      "cifar10", dataclasses.replace(grid, num_images=(100, 5000)),
+      log) is None
+  # "The missing N=5,000" given alone trains on 5,000 true labels.
+  alone = dataclasses.replace(grid, num_images=(5000,))
+  message = sweeps.initialisation_clashes("cifar10", alone, log)
+  assert message is not None
+  assert "N=5,000 is an update phase on 100 true labels and 4,900 uploads " \
+         "labelled by CloudCNN (labels=cloud)" in message
+  assert "--num_images=100,5000" in message
+  (key,) = [k for *_, k in sweeps.sweep_runs("cifar10", alone)]
+  assert key["labels"] == "true" and not log.done(key)
+  # EdgeCNN0 always trains on true labels; other datasets and presets are
+  # other sweeps.
+  assert sweeps.initialisation_clashes(
+      "cifar10", dataclasses.replace(alone, models=(False,)), log) is None
+  assert sweeps.initialisation_clashes("mnist", alone, log) is None
+  assert sweeps.initialisation_clashes(
+      "cifar10", dataclasses.replace(alone, preset="paper"), log) is None
+
+
 def test_plan_sweep_marks_done_runs_and_estimates_from_other_seeds(tmp_path):
   from edgecnn import sweeps
   log = results.ResultLog(tmp_path / "r.csv", {"experiment": "edge_accuracy"})
