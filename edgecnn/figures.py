@@ -85,10 +85,18 @@ def accuracy_summary(edge: pd.DataFrame, dataset: str,
   Rows with a condition (an ablation such as ``head_pool=paper``) are left
   out: the tables compare the plain recipe with the paper. Only rows of
   ``preset`` are summarised (None: every preset together), so the paper
-  preset's few rows never average into the compact preset's.
+  preset's few rows never average into the compact preset's. Where an
+  EdgeCNN1 has update-phase runs at an N (CloudCNN's or oracle labels for
+  the uploads), its runs on true labels alone at that N (a sweep that
+  started there) are another experiment and are left out too.
   """
   rows = _plain(edge[(edge.dataset == dataset) & (edge.metric == metric)],
                 preset)
+  if "labels" in rows and len(rows):
+    labels = rows["labels"].astype(str).str.lower()
+    updated = rows[labels != "true"].groupby(["model", "num_images"]).size()
+    cell = pd.MultiIndex.from_frame(rows[["model", "num_images"]])
+    rows = rows[~((labels == "true").to_numpy() & cell.isin(updated.index))]
   if rows.empty:
     return pd.DataFrame(columns=["model", "num_shared", "pretrained",
                                  "num_images", "mean", "std", "n"])

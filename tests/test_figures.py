@@ -231,6 +231,20 @@ def test_accuracy_summary_leaves_out_ablation_rows(tmp_path):
   assert "## Fashion-MNIST: top-1 test accuracy (%), 10-crop, paper preset" \
       in tables and "MNIST: top-1 test accuracy (%), 10-crop, paper" not in \
       tables.replace("Fashion-MNIST", "")
+  # At N=1,200 an update-phase run (cloud labels for the uploads) and a run
+  # of a sweep that started at 1,200 (true labels only): only the first is a
+  # Table 2 cell; alone, the second stands.
+  log.append({**key, "num_images": 1200, "labels": "cloud"},
+             [("test_accuracy_10crop", 0.85, "fraction")])
+  log.append({**key, "num_images": 1200},
+             [("test_accuracy_10crop", 0.95, "fraction")])
+  log.append({**key, "num_images": 240},
+             [("test_accuracy_10crop", 0.75, "fraction")])
+  summary = figures.accuracy_summary(
+      figures.load(tmp_path, "edge_accuracy"), "fashion_mnist")
+  assert summary["mean"].tolist() == [pytest.approx(v)
+                                      for v in (0.70, 0.75, 0.85)]
+  assert summary["n"].tolist() == [1, 1, 1]
 
 
 def test_headline_table_computes_each_claim_from_the_csvs(results_dir):
