@@ -124,8 +124,9 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
   main_csv = log.path.with_name(f"{experiment}.csv")
   others = ([results.ResultLog(main_csv, {})] if main_csv.exists()
             and main_csv.resolve() != log.path.resolve() else [])
-  plan = sweeps.plan_sweep(name, sweep_spec(name), log, others)
-  clash = sweeps.initialisation_clashes(name, sweep_spec(name), log)
+  spec = sweep_spec(name)
+  plan = sweeps.plan_sweep(name, spec, log, others)
+  clash = sweeps.initialisation_clashes(name, spec, log)
   if clash:
     print(f"Note: {clash}")
   todo = plan[~plan["done"]]
