@@ -107,6 +107,16 @@ def load_dataset_info(directory: str | os.PathLike) -> data_lib.DatasetInfo:
   return data_lib.dataset_info(record["name"])
 
 
+def load_build_args(directory: str | os.PathLike) -> dict:
+  """The arguments of models.build_cloud_cnn a cloud directory was saved with
+  (``preset``, ``seed``, ``input_shape``, ...)."""
+  path = pathlib.Path(directory) / BUILD
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} is missing: {directory} holds no CloudCNN "
+                            "saved by experiments/train_cloud.py.")
+  return json.loads(path.read_text())
+
+
 def load_cloud(directory: str | os.PathLike) -> keras.Model:
   """Rebuilds a saved CloudCNN from its build arguments and weights."""
   directory = pathlib.Path(directory)
@@ -115,7 +125,7 @@ def load_cloud(directory: str | os.PathLike) -> keras.Model:
     raise FileNotFoundError(f"{directory} holds no saved CloudCNN (missing "
                             f"{missing}); train one with "
                             "experiments/train_cloud.py.")
-  build_args = json.loads((directory / BUILD).read_text())
+  build_args = load_build_args(directory)
   model = models.build_cloud_cnn(**build_args)
   model.load_weights(directory / WEIGHTS)
   return model

@@ -278,6 +278,32 @@ def cloud_directory(dataset_name: str) -> pathlib.Path:
                                CLOUD_SEED.value)
 
 
+def cloud_row_key(directory: str | os.PathLike) -> dict:
+  """``preset`` and ``seed`` for the rows that measure the CloudCNN in
+  ``directory`` (or EdgeCNNs built from it with no seed of their own).
+
+  They come from the directory's build.json: with --cloud_dir, the defaults of
+  --preset and --cloud_seed would label, say, a seed-1 CloudCNN seed 0. A
+  --preset or --cloud_seed given on the command line that contradicts the
+  directory is refused. A directory without build.json (a copy holding
+  payloads and labels only) falls back to the flags.
+  """
+  from edgecnn import cloud_model
+  try:
+    args = cloud_model.load_build_args(directory)
+  except FileNotFoundError:
+    return {"preset": PRESET.value, "seed": CLOUD_SEED.value}
+  key = {"preset": args.get("preset", PRESET.value),
+         "seed": int(args.get("seed", CLOUD_SEED.value))}
+  for holder, field in ((PRESET, "preset"), (CLOUD_SEED, "seed")):
+    if holder.present and holder.value != key[field]:
+      raise app.UsageError(
+          f"--{holder.name}={holder.value} contradicts {directory}, whose "
+          f"CloudCNN was built with {field} {key[field]!r}; drop the flag or "
+          "pass the directory of the CloudCNN you mean.")
+  return key
+
+
 # The shared flags above by what reads them. absl's --help lists only the
 # flags a binary defines and those it declares key (--helpfull lists all, with
 # absl's and TensorFlow's own), so each binary declares the groups it reads,

@@ -29,16 +29,16 @@ def main(argv):
   common.setup_logging()
   dataset = common.load_dataset()
   log = common.result_log("crop_protocols")
-  key = {"dataset": dataset.info.name, "preset": common.PRESET.value,
-         "model": "CloudCNN", "num_shared": 15, "pretrained": "",
-         "labels": "true", "num_images": len(dataset.x_test),
-         "seed": common.CLOUD_SEED.value}
+  directory = common.cloud_directory(dataset.info.name)
+  cloud = common.cloud_row_key(directory)
+  key = {"dataset": dataset.info.name, "model": "CloudCNN", "num_shared": 15,
+         "pretrained": "", "labels": "true",
+         "num_images": len(dataset.x_test), **cloud}
   if log.done(key):
     logging.info("%s: already in %s; delete those rows to measure again",
                  dataset.info.name, log.path)
     return
-  common.save_flags(log, f"{dataset.info.name}-{common.PRESET.value}")
-  directory = common.cloud_directory(dataset.info.name)
+  common.save_flags(log, f"{dataset.info.name}-{cloud['preset']}")
   model = cloud_model.load_cloud(directory)
   crop = model.input_shape[1]
   metrics = []

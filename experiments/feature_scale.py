@@ -52,12 +52,13 @@ def main(argv):
   payloads = cloud_model.load_payloads(directory, shared)
   cloud_hash = models.payloads_cloud_hash(payloads, str(directory))
   condition = f"cloud={directory.name}@{cloud_hash[:12]}"
+  preset = common.cloud_row_key(directory)["preset"]
   log = common.result_log("feature_scale")
-  common.save_flags(log, f"{dataset.info.name}-{common.PRESET.value}")
+  common.save_flags(log, f"{dataset.info.name}-{preset}")
   count = min(NUM_IMAGES.value, len(dataset.x_train))
   images, labels = dataset.x_train[:count], dataset.y_train[:count]
   for m in shared:
-    key = {"dataset": dataset.info.name, "preset": common.PRESET.value,
+    key = {"dataset": dataset.info.name, "preset": preset,
            "model": f"EdgeCNN1-{m}", "num_shared": m, "pretrained": 1,
            "labels": "true", "num_images": count, "seed": SEED.value,
            "condition": condition}

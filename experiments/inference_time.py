@@ -44,15 +44,17 @@ def main(argv):
   if not 1 <= NUM_TEST_IMAGES.value <= len(dataset.x_test):
     raise app.UsageError(f"--num_test_images must be in 1..{len(dataset.x_test)}"
                          f"; got {NUM_TEST_IMAGES.value}.")
-  cloud = cloud_model.load_cloud(common.cloud_directory(dataset.info.name))
+  directory = common.cloud_directory(dataset.info.name)
+  cloud_key = common.cloud_row_key(directory)
+  cloud = cloud_model.load_cloud(directory)
   named = [(sweeps.model_label(True, int(m)), models.build_edge_cnn(cloud, int(m)))
            for m in SHARED.value] + [("CloudCNN", cloud)]
   images = dataset.x_test[:NUM_TEST_IMAGES.value]
   log = common.result_log("inference_time")
-  keys = {name: {"dataset": dataset.info.name, "preset": common.PRESET.value,
-                 "model": name, "num_shared": getattr(model, "num_shared", 15),
+  keys = {name: {"dataset": dataset.info.name, "model": name,
+                 "num_shared": getattr(model, "num_shared", 15),
                  "pretrained": name != "CloudCNN", "labels": "",
-                 "num_images": len(images), "seed": common.CLOUD_SEED.value}
+                 "num_images": len(images), **cloud_key}
           for name, model in named}
   if all(log.done(k) for k in keys.values()) and not FORCE.value:
     logging.info("%s already has these timings; --force measures again.",
@@ -60,7 +62,7 @@ def main(argv):
     return
   timings = sweeps.inference_time(named, images, repeats=REPEATS.value,
                                   batch_size=BATCH_SIZE.value)
-  common.save_flags(log, f"{dataset.info.name}-{common.PRESET.value}")
+  common.save_flags(log, f"{dataset.info.name}-{cloud_key['preset']}")
   n = len(images)
   for name, _ in named:
     t = timings[name]

@@ -235,10 +235,9 @@ def main(argv):
     url = base + "/v1/models/edgecnn:predict"
     log = common.result_log("load_test")
     common.save_flags(log, f"{dataset_name}-m{NUM_SHARED.value}")
-    key = {"dataset": dataset_name, "preset": common.PRESET.value,
-           "model": f"EdgeCNN1-{NUM_SHARED.value}",
+    key = {"dataset": dataset_name, "model": f"EdgeCNN1-{NUM_SHARED.value}",
            "num_shared": NUM_SHARED.value, "pretrained": True, "labels": "",
-           "num_images": INSTANCES.value, "seed": common.CLOUD_SEED.value}
+           "num_images": INSTANCES.value, **common.cloud_row_key(cloud_dir)}
     pid = procs[1].pid
     rss = [_rss_mb(pid)]
     own = float(subprocess.run(

@@ -99,8 +99,8 @@ def main(argv):
   conditions = {kb: f"link={LINK.value};size_kb={kb:g};emulation={label};"
                     f"image={IMAGE_FORMAT.value}" for kb in sizes}
   model_names = {"edge": f"EdgeCNN1-{NUM_SHARED.value}", "cloud": "CloudCNN"}
-  base = {"dataset": dataset_name, "preset": common.PRESET.value, "labels": "",
-          "num_images": REPEATS.value, "seed": common.CLOUD_SEED.value}
+  base = {"dataset": dataset_name, "labels": "", "num_images": REPEATS.value,
+          **common.cloud_row_key(cloud_dir)}
   keys = {(t, kb): {**base, "model": model_names[t],
                     "num_shared": NUM_SHARED.value if t == "edge" else 15,
                     "pretrained": t == "edge", "condition": conditions[kb]}

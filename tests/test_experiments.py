@@ -537,6 +537,34 @@ def test_crop_protocols_rows(workspace):
       == {k: here[k] for k in ("cpu", "cpu_isa", "tensorflow")}
 
 
+def test_cloud_rows_name_the_seed_and_preset_of_the_cloud_dir(workspace):
+  # With --cloud_dir the defaults of --cloud_seed and --preset would label a
+  # seed-7 CloudCNN seed 0; its build.json says which it is.
+  root, common = workspace
+  other = root / "work" / "cloud" / "mnist-compact-seed7"
+  shutil.copytree(root / "work" / "cloud" / "mnist-compact-seed0", other,
+                  ignore=shutil.ignore_patterns("saved_model"))
+  build = json.loads((other / "build.json").read_text())
+  (other / "build.json").write_text(json.dumps({**build, "seed": 7}))
+  csv = root / "results" / "crops_seed7.csv"
+  run("crop_protocols", *untrained(common), f"--cloud_dir={other}",
+      f"--results_csv={csv}", cwd=root)
+  rows = pd.read_csv(csv)
+  assert len(rows) == 3
+  assert set(rows.seed) == {7} and set(rows.preset) == {"compact"}
+  env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+  refused = root / "results" / "crops_refused.csv"
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.crop_protocols", *untrained(common),
+       f"--cloud_dir={other}", "--cloud_seed=0", f"--results_csv={refused}"],
+      cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  assert (f"--cloud_seed=0 contradicts {other}, whose CloudCNN was built with "
+          "seed 7") in proc.stderr
+  assert not refused.exists()
+
+
 def test_schedule_flags_override_the_named_config():
   from absl import flags
   from absl.testing import flagsaver
