@@ -79,11 +79,13 @@ def load(results_dir: str | os.PathLike, name: str) -> pd.DataFrame | None:
 
 def accuracy_summary(edge: pd.DataFrame, dataset: str,
                      metric: str = "test_accuracy_10crop",
-                     preset: str | None = "compact") -> pd.DataFrame:
+                     preset: str | None = "compact",
+                     condition: str = "") -> pd.DataFrame:
   """Mean, std and count over seeds per (model, N) for one dataset.
 
   Rows with a condition (an ablation such as ``head_pool=paper``) are left
-  out: the tables compare the plain recipe with the paper. Only rows of
+  out: the tables compare the plain recipe with the paper (``condition``
+  names the one ablation to summarise instead). Only rows of
   ``preset`` are summarised (None: every preset together), so the paper
   preset's few rows never average into the compact preset's. Where an
   EdgeCNN1 has update-phase runs at an N (CloudCNN's or oracle labels for
@@ -91,7 +93,7 @@ def accuracy_summary(edge: pd.DataFrame, dataset: str,
   started there) are another experiment and are left out too.
   """
   rows = _plain(edge[(edge.dataset == dataset) & (edge.metric == metric)],
-                preset)
+                preset, condition)
   if "labels" in rows and len(rows):
     labels = rows["labels"].astype(str).str.lower()
     updated = rows[labels != "true"].groupby(["model", "num_images"]).size()
@@ -347,7 +349,8 @@ def accuracy_table(results_dir, dataset: str, *, preset: str = "compact",
 
 
 def bar_table(results_dir, dataset: str, *, preset: str = "compact",
-              name: str = "edge_accuracy", zeros: str | None = None) -> str:
+              name: str = "edge_accuracy", zeros: str | None = None,
+              condition: str = "") -> str:
   """The issue's bar as Markdown: EdgeCNN1-m minus the paper's cell, per N.
 
   Each cell is ours (mean over seeds) minus the paper's Table 2/3 value, in
@@ -366,6 +369,9 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
       EdgeCNN1: EdgeCNN0 never sees the CloudCNN, so the main grid's runs of
       the same seed, trained on the same images, are its baseline). The line
       names the CSV they came from.
+    condition: the ablation whose rows of `name` are ours (its `condition`
+      column exactly, e.g. "head_pool=paper"); "" takes the rows without
+      one. The rows of `zeros` are always those without one.
   """
   edge = load(results_dir, name)
   if edge is None or edge.empty:
@@ -375,7 +381,8 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
     baseline = load(results_dir, zeros)
     if baseline is None or baseline.empty:
       return f"No {zeros}.csv yet (the EdgeCNN0 rows of the gap).\n"
-  summary = accuracy_summary(edge, dataset, preset=preset)
+  summary = accuracy_summary(edge, dataset, preset=preset,
+                             condition=condition)
   paper = _paper_accuracy(dataset)
   cells, ns = {}, set()
   for m in (3, 5, 10):
@@ -387,7 +394,9 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
         cells[model, int(r.num_images)] = (r.mean - theirs, int(r.n))
         ns.add(int(r.num_images))
   if not cells:
-    return (f"No {preset}-preset EdgeCNN1 row of {dataset} in {name}.csv at "
+    which = f" with condition {condition!r}" if condition else ""
+    return (f"No {preset}-preset EdgeCNN1 row{which} of {dataset} in "
+            f"{name}.csv at "
             "an N where the paper gives EdgeCNN1's accuracy (Tables 2-3: "
             "MNIST and Fashion-MNIST).\n")
   ns = sorted(ns)
@@ -406,7 +415,7 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
                   f"{model} at N={n:,} ({100 * d:+.2f}, n={k})"
                   for model, n, d, k in below) + ".")]
   n0 = int(summary.num_images.min())  # not empty: cells came from it
-  plain = _plain(edge, preset)
+  plain = _plain(edge, preset, condition)
   zeros_plain = None if baseline is None else _plain(baseline, preset)
   gaps, borrowed = [], False
   for m in (3, 5, 10):
@@ -1019,12 +1028,15 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
   return written
 
 
-def _plain(frame: pd.DataFrame, preset: str | None) -> pd.DataFrame:
-  """Rows of one preset (None: any) without an ablation condition."""
+def _plain(frame: pd.DataFrame, preset: str | None,
+           condition: str = "") -> pd.DataFrame:
+  """Rows of one preset (None: any) with exactly `condition` ("": none)."""
   rows = (frame[frame.preset == preset]
           if preset is not None and "preset" in frame else frame)
   if "condition" in rows:
-    rows = rows[rows.condition.fillna("").astype(str) == ""]
+    rows = rows[rows.condition.fillna("").astype(str) == condition]
+  elif condition:
+    rows = rows.iloc[:0]
   return rows
 
 

@@ -659,3 +659,35 @@ def test_bar_table_takes_the_gaps_edgecnn0_from_another_csv(tmp_path):
   assert "No missing.csv yet (the EdgeCNN0 rows of the gap)" in (
       figures.bar_table(tmp_path, "fashion_mnist", name="ablation_teacher",
                         zeros="missing"))
+
+
+def test_bar_table_of_one_ablation_condition(tmp_path):
+  # An ablation of the head (EdgeCNN1 and EdgeCNN0 with condition
+  # head_pool=paper) beside plain rows in one CSV: the default table is the
+  # plain rows', `condition` gives the ablation's cells and its own gap.
+  log = edge_log(tmp_path, "ablation_head")
+  for seed in (0, 1):
+    key = {"dataset": "fashion_mnist", "preset": "compact", "num_shared": 3,
+           "labels": "true", "num_images": 120, "seed": seed}
+    for condition, one, zero in (("", 0.70, 0.60),
+                                 ("head_pool=paper", 0.80, 0.50 + seed / 10)):
+      log.append({**key, "model": "EdgeCNN1-3", "pretrained": True,
+                  "condition": condition},
+                 [("test_accuracy_10crop", one, "fraction")])
+      log.append({**key, "model": "EdgeCNN0-3", "pretrained": False,
+                  "condition": condition},
+                 [("test_accuracy_10crop", zero, "fraction")])
+  paper = figures.paper_values()
+  theirs = figures.paper_value(paper, "test_accuracy_10crop", "fashion_mnist",
+                               "EdgeCNN1-3", 120)
+  plain = figures.bar_table(tmp_path, "fashion_mnist", name="ablation_head")
+  assert f"| EdgeCNN1-3 | {100 * (0.70 - theirs):+.2f} (n=2) |" in plain
+  assert "m=3 +10.00 ± 0.00 points (n=2)" in plain
+  head = figures.bar_table(tmp_path, "fashion_mnist", name="ablation_head",
+                           condition="head_pool=paper")
+  assert f"| EdgeCNN1-3 | {100 * (0.80 - theirs):+.2f} (n=2) |" in head
+  # 0.80 - 0.50 and 0.80 - 0.60: 30 and 20 points.
+  assert "m=3 +25.00 ± 7.07 points (n=2)" in head
+  assert "No compact-preset EdgeCNN1 row with condition 'x=1' of " \
+      "fashion_mnist in ablation_head.csv" in figures.bar_table(
+          tmp_path, "fashion_mnist", name="ablation_head", condition="x=1")
