@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -145,18 +146,29 @@ def test_netns_cleaned_up_after_an_exception():
 @pytest.mark.skipif(not NETNS_OK, reason=f"kernel shaping unavailable: {NETNS_WHY}")
 def test_netns_cleaned_up_when_the_run_is_killed(tmp_path):
   marker = tmp_path / "names"
-  code = ("import sys, time; from edgecnn import netem; "
+  code = ("import faulthandler, signal, sys, time; from edgecnn import netem; "
+          "faulthandler.register(signal.SIGUSR1); "
           "t = netem.NetnsTopology(netem.LinkSpec(1e6, 1e6), netem.LinkSpec(1e6, 1e6)); "
           "t.__enter__(); open(sys.argv[1], 'w').write(' '.join(t.ns.values())); "
-          "time.sleep(60)")
+          "time.sleep(300)")
   proc = subprocess.Popen([sys.executable, "-c", code, str(marker)],
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-  deadline = time.monotonic() + 30
+                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 60
   while not marker.exists() or not marker.read_text():
     assert time.monotonic() < deadline
     time.sleep(0.05)
   proc.terminate()
-  proc.wait(timeout=30)
+  # Generous: once (session 51) a fresh-clone run beside a training job saw
+  # the child still alive 30 s after SIGTERM. If it hangs, its stack says where.
+  try:
+    proc.wait(timeout=120)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(1)
+    proc.kill()
+    pytest.fail("the run was still alive 120 s after SIGTERM; its stacks:\n"
+                + proc.communicate()[1][-4000:])
   listed = subprocess.run(["ip", "netns", "list"], capture_output=True,
                           text=True).stdout
   assert not any(n in listed for n in marker.read_text().split())
