@@ -151,10 +151,14 @@ def test_netns_cleaned_up_when_the_run_is_killed(tmp_path):
           "t = netem.NetnsTopology(netem.LinkSpec(1e6, 1e6), netem.LinkSpec(1e6, 1e6)); "
           "t.__enter__(); open(sys.argv[1], 'w').write(' '.join(t.ns.values())); "
           "time.sleep(300)")
-  proc = subprocess.Popen([sys.executable, "-c", code, str(marker)],
-                          env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.monotonic() + 60
+  # stderr to a file, not a pipe nobody drains while waiting: a full pipe
+  # would block the child and make the hang this test looks for.
+  stderr = tmp_path / "stderr"
+  with stderr.open("w") as err:
+    proc = subprocess.Popen([sys.executable, "-c", code, str(marker)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stderr=err)
+  deadline = time.monotonic() + 30
   while not marker.exists() or not marker.read_text():
     assert time.monotonic() < deadline
     time.sleep(0.05)
@@ -167,8 +171,9 @@ def test_netns_cleaned_up_when_the_run_is_killed(tmp_path):
     proc.send_signal(signal.SIGUSR1)
     time.sleep(1)
     proc.kill()
+    proc.wait()
     pytest.fail("the run was still alive 120 s after SIGTERM; its stacks:\n"
-                + proc.communicate()[1][-4000:])
+                + stderr.read_text()[-4000:])
   listed = subprocess.run(["ip", "netns", "list"], capture_output=True,
                           text=True).stdout
   assert not any(n in listed for n in marker.read_text().split())
