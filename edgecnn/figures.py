@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.resources
+import json
 import os
 import pathlib
 import re
@@ -665,6 +666,30 @@ def _ablation_pairs(base: pd.DataFrame, ablation: pd.DataFrame, dataset: str,
   return pairs
 
 
+def _teachers(results_dir, stem: str, dataset: str, preset: str) -> set[str]:
+  """The --cloud_dir values a CSV's commands gave for one dataset and preset.
+
+  Read from the CSV's history (``<stem>.invocations.jsonl``) and its latest
+  flags (``<stem>.<dataset>-<preset>.flags.json``); a leading
+  ``results/models/`` is dropped. Empty when neither records one (a run that
+  trained its own CloudCNN, or a CSV older than the history).
+  """
+  directory = pathlib.Path(results_dir)
+  name = f"{dataset}-{preset}"
+  found = [record.get("flags", {}).get("cloud_dir")
+           for record in results.read_invocations(
+               directory / f"{stem}.invocations.jsonl")
+           if record.get("name") == name]
+  flags_path = directory / f"{stem}.{name}.flags.json"
+  if flags_path.exists():
+    try:
+      found.append(json.loads(flags_path.read_text()).get("cloud_dir"))
+    except (json.JSONDecodeError, AttributeError):
+      pass
+  return {str(value).removeprefix("results/models/")
+          for value in found if value}
+
+
 def ablation_summary(results_dir, *, base: str = "edge_accuracy",
                      preset: str = "compact", weights: str = "last",
                      crop: str = "10crop") -> str:
@@ -682,6 +707,9 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
   and N, the paired difference ablation - base (mean±std over the runs,
   points) and how many runs it raised, lowered or left equal; ablation_table
   gives one CSV cell by cell. The base's runs are those without a condition.
+  A line names its CloudCNN (the CSV's --cloud_dir for that dataset and
+  preset, _teachers) when it is not the base's: its difference then mixes
+  the teacher with the condition.
 
   Args:
     results_dir: directory of the result CSVs.
@@ -699,9 +727,9 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
   base_frame = load(results_dir, base)
   if base_frame is None:
     return f"No {base}.csv in {results_dir} to compare the ablations with.\n"
-  lines = ["| CSV | dataset | condition | paired runs | models | N | "
-           "difference, points | higher / lower / equal |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| CSV | dataset | condition | CloudCNN | paired runs | models | "
+           "N | difference, points | higher / lower / equal |",
+           "|---|---|---|---|---|---|---|---|---|"]
   unrecorded, unpaired, unreadable, by_labels = [], [], [], []
   for path in sorted(pathlib.Path(results_dir).glob("*.csv")):
     if path.stem == base:
@@ -736,9 +764,17 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
       size_text = (f"{sizes[0]:,}" if len(sizes) == 1
                    else f"{sizes[0]:,}-{sizes[-1]:,} ({len(sizes)})")
       diff = pairs["diff"]
+      teachers = _teachers(results_dir, path.stem, dataset, preset)
+      base_teachers = _teachers(results_dir, base, dataset, preset)
+      if not teachers or not base_teachers:
+        teacher = "unrecorded"
+      elif teachers == base_teachers:
+        teacher = "base's"
+      else:
+        teacher = ", ".join(sorted(teachers))
       lines.append(
           f"| {path.stem} | {dataset} | {'; '.join(conditions) or '–'} | "
-          f"{len(pairs)} | {', '.join(models)} | {size_text} | "
+          f"{teacher} | {len(pairs)} | {', '.join(models)} | {size_text} | "
           f"{_mean_std(diff, '+')} | {int((diff > 0).sum())} / "
           f"{int((diff < 0).sum())} / {int((diff == 0).sum())} |")
     if legacy:
@@ -751,7 +787,12 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
   else:
     text = ("\n".join(lines) + f"\n\n{metric}, paired per run (dataset, "
             f"model, N, seed) with {base}.csv's run without a condition; "
-            "difference: mean±std over the paired runs.\n")
+            "difference: mean±std over the paired runs. CloudCNN: the "
+            "--cloud_dir of the CSV's commands for that dataset and preset "
+            "(its invocations.jsonl and flags.json), \"base's\" where it is "
+            f"{base}.csv's, so the difference is the condition's alone; a "
+            "named one differs from the base's, and the difference is the "
+            "teacher's and the condition's together.\n")
   if unrecorded:
     text += (f"\nRuns of {base}.csv left out because they do not record "
              f"which weights they tested (no {metric}): "

@@ -419,8 +419,8 @@ def test_ablation_table_never_pairs_or_averages_runs_of_other_labels(tmp_path):
           "EdgeCNN1-3 N=5000 seeds 0, 1 (true in ablation_long, cloud in "
           "edge_accuracy)." in table)
   summary = figures.ablation_summary(tmp_path, weights="last")
-  assert ("| ablation_long | cifar10 | – | 2 | EdgeCNN1-3 | 100-5,000 (2) | "
-          "+1.50±0.71 | 2 / 0 / 0 |") in summary
+  assert ("| ablation_long | cifar10 | – | unrecorded | 2 | EdgeCNN1-3 | "
+          "100-5,000 (2) | +1.50±0.71 | 2 / 0 / 0 |") in summary
   assert ("Runs left unpaired because their labels differ from the same "
           "model, N and seed in edge_accuracy.csv (ablation_table lists "
           "them): ablation_long.csv, cifar10 (2).") in summary
@@ -460,8 +460,8 @@ def test_ablation_summary_pairs_every_csv_on_the_same_weights(tmp_path):
   (tmp_path / "response_time.csv").write_text("")
 
   summary = figures.ablation_summary(tmp_path)
-  assert ("| ablation_head | fashion_mnist | head_pool=paper | 2 | EdgeCNN1-3 "
-          "| 120 | +0.25±1.06 | 1 / 1 / 0 |") in summary
+  assert ("| ablation_head | fashion_mnist | head_pool=paper | unrecorded | 2 "
+          "| EdgeCNN1-3 | 120 | +0.25±1.06 | 1 / 1 / 0 |") in summary
   assert "ablation_robust |" not in summary
   assert ("do not record which weights they tested (no "
           "last_epoch_test_accuracy_10crop): ablation_robust.csv (1).") in summary
@@ -475,6 +475,40 @@ def test_ablation_summary_pairs_every_csv_on_the_same_weights(tmp_path):
     figures.ablation_summary(tmp_path, weights="final")
   assert figures.ablation_summary(tmp_path, base="absent").startswith(
       "No absent.csv in")
+
+
+def test_ablation_summary_names_a_teacher_other_than_the_bases(tmp_path):
+  key = {**FASHION_EDGECNN1_3, "labels": "cloud", "num_images": 120, "seed": 0}
+  last = "last_epoch_test_accuracy_10crop"
+  for stem, value in (("edge_accuracy", 0.70), ("ablation_same", 0.71),
+                      ("ablation_long", 0.75)):
+    edge_log(tmp_path, stem).append(key, [(last, value, "fraction")])
+  name = "fashion_mnist-compact"
+  # The base's teacher from its history, the others' from either source.
+  for stem, cloud_dir in (
+      ("edge_accuracy", "results/models/fashion_mnist-compact-seed0"),
+      ("ablation_long", "results/models/fashion_mnist-compact-seed0-long"),
+      ("ablation_long", "results/models/fashion_mnist-compact-seed0-long"),
+      ("ablation_same", None)):
+    results.append_invocation(tmp_path / f"{stem}.invocations.jsonl",
+                              {"name": name, "flags": {"cloud_dir": cloud_dir}})
+  # Another dataset's command in the same history is not this one's teacher.
+  results.append_invocation(tmp_path / "ablation_same.invocations.jsonl",
+                            {"name": "mnist-compact",
+                             "flags": {"cloud_dir": "elsewhere"}})
+  results.write_metadata(tmp_path / f"ablation_same.{name}.flags.json",
+                         {"cloud_dir": "results/models/fashion_mnist-compact-seed0"})
+  summary = figures.ablation_summary(tmp_path)
+  assert ("| ablation_same | fashion_mnist | – | base's | 1 | EdgeCNN1-3 | 120 "
+          "| +1.00") in summary
+  assert ("| ablation_long | fashion_mnist | – | "
+          "fashion_mnist-compact-seed0-long | 1 | EdgeCNN1-3 | 120 | +5.00"
+          ) in summary
+  assert "the difference is the teacher's and the condition's" in summary
+  # A flags file that is not JSON leaves the teacher to the history.
+  (tmp_path / f"ablation_long.{name}.flags.json").write_text("{cut")
+  assert "fashion_mnist-compact-seed0-long | 1 |" in figures.ablation_summary(
+      tmp_path)
 
 
 def test_preset_table_compares_presets_on_the_seeds_both_have(tmp_path):
