@@ -550,7 +550,9 @@ def ablation_table(results_dir, name: str, dataset: str, *,
   initialisation), whatever their labels or condition: the ablation's rows
   are all of its file, the base's those without a condition. Per model and N:
   each mean±std over the paired seeds, the paired difference ablation - base
-  with every seed's value, and the paper's number.
+  with every seed's value, and the paper's number. A note under the table
+  names the two CloudCNNs when the CSVs' commands gave different
+  --cloud_dir values (_teachers).
 
   Args:
     results_dir: directory of the result CSVs.
@@ -592,8 +594,16 @@ def ablation_table(results_dir, name: str, dataset: str, *,
                  f"{theirs} |")
   compared = (metric if metrics[base] == metric
               else f"{name}'s {metric} against {base}'s {metrics[base]}")
+  teachers = {stem: _teachers(results_dir, stem, dataset, preset)
+              for stem in (name, base)}
+  teacher_text = ""
+  if all(teachers.values()) and teachers[name] != teachers[base]:
+    teacher_text = ("\nThe CloudCNNs differ (--cloud_dir): "
+                    + "; ".join(f"{', '.join(sorted(teachers[stem]))} in "
+                                f"{stem}" for stem in (name, base))
+                    + ", so the difference is the teachers' as well.\n")
   return ("\n".join(lines) + f"\n\n{compared}, mean±std over seeds.\n"
-          + _unpaired_text(unpaired, name, base))
+          + teacher_text + _unpaired_text(unpaired, name, base))
 
 
 def _unpaired_text(unpaired: list[tuple], name: str, base: str) -> str:

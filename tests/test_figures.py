@@ -505,6 +505,13 @@ def test_ablation_summary_names_a_teacher_other_than_the_bases(tmp_path):
           "fashion_mnist-compact-seed0-long | 1 | EdgeCNN1-3 | 120 | +5.00"
           ) in summary
   assert "the difference is the teacher's and the condition's" in summary
+  table = figures.ablation_table(tmp_path, "ablation_long", "fashion_mnist",
+                                 metric=last)
+  assert ("The CloudCNNs differ (--cloud_dir): fashion_mnist-compact-seed0-long "
+          "in ablation_long; fashion_mnist-compact-seed0 in edge_accuracy, so "
+          "the difference is the teachers' as well.") in table
+  assert "CloudCNNs differ" not in figures.ablation_table(
+      tmp_path, "ablation_same", "fashion_mnist", metric=last)
   # A flags file that is not JSON leaves the teacher to the history.
   (tmp_path / f"ablation_long.{name}.flags.json").write_text("{cut")
   assert "fashion_mnist-compact-seed0-long | 1 |" in figures.ablation_summary(
