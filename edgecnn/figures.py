@@ -684,13 +684,13 @@ def _teachers(results_dir, stem: str, dataset: str, preset: str) -> set[str]:
   ``results/models/`` is dropped. Empty when neither records one (a run that
   trained its own CloudCNN, or a CSV older than the history).
   """
-  directory = pathlib.Path(results_dir)
+  csv_path = pathlib.Path(results_dir) / f"{stem}.csv"
   name = f"{dataset}-{preset}"
   found = [record.get("flags", {}).get("cloud_dir")
            for record in results.read_invocations(
-               directory / f"{stem}.invocations.jsonl")
+               results.invocations_path(csv_path))
            if record.get("name") == name]
-  flags_path = directory / f"{stem}.{name}.flags.json"
+  flags_path = results.flags_path(csv_path, name)
   if flags_path.exists():
     try:
       found.append(json.loads(flags_path.read_text()).get("cloud_dir"))

@@ -263,6 +263,20 @@ def holder_alive(holder: Mapping[str, Any]) -> bool:
   return True
 
 
+def flags_path(csv_path: str | os.PathLike, name: str) -> pathlib.Path:
+  """Where the latest flags of a CSV's runs named ``name`` are kept:
+  ``<stem>.<name>.flags.json`` beside it (write_metadata)."""
+  csv_path = pathlib.Path(csv_path)
+  return csv_path.with_name(f"{csv_path.stem}.{name}.flags.json")
+
+
+def invocations_path(csv_path: str | os.PathLike) -> pathlib.Path:
+  """Where a CSV's history of commands is kept: ``<stem>.invocations.jsonl``
+  beside it (append_invocation, read_invocations)."""
+  csv_path = pathlib.Path(csv_path)
+  return csv_path.with_name(f"{csv_path.stem}.invocations.jsonl")
+
+
 def write_metadata(path: str | os.PathLike, values: Mapping[str, Any]) -> None:
   """Writes the flags (or config) of a run as JSON next to its results."""
   path = pathlib.Path(path)

@@ -172,8 +172,7 @@ def refuse_mixed_history(log: results.ResultLog, name: str, *,
   facts = facts or {}
   here = {flag: flags.FLAGS[flag].value for flag in also}
   here_config = train_config()
-  history = results.read_invocations(
-      log.path.with_name(f"{log.path.stem}.invocations.jsonl"))
+  history = results.read_invocations(results.invocations_path(log.path))
   for record in history:
     values = record.get("flags", {})
     if record.get("name") != name:
@@ -237,13 +236,12 @@ def save_flags(log: results.ResultLog, name: str,
             for module, module_flags in flags.FLAGS.flags_by_module_dict().items()
             if _is_project_module(module)
             for flag in module_flags}
-  results.write_metadata(
-      log.path.with_name(f"{log.path.stem}.{name}.flags.json"), values)
+  results.write_metadata(results.flags_path(log.path, name), values)
   # The flags file holds the latest run of this name only; the history says
   # which command ran when, so every row (its timestamp, its commit) can be
   # traced to the command line that wrote it.
   results.append_invocation(
-      log.path.with_name(f"{log.path.stem}.invocations.jsonl"), {
+      results.invocations_path(log.path), {
           "started": datetime.datetime.now(datetime.timezone.utc)
                      .isoformat(timespec="seconds"),
           "name": name, "commit": log.common.get("commit", ""),
