@@ -741,6 +741,7 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
            "N | difference, points | higher / lower / equal |",
            "|---|---|---|---|---|---|---|---|---|"]
   unrecorded, unpaired, unreadable, by_labels = [], [], [], []
+  base_teachers: dict[str, set[str]] = {}  # by dataset, read once
   for path in sorted(pathlib.Path(results_dir).glob("*.csv")):
     if path.stem == base:
       continue
@@ -775,10 +776,11 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
                    else f"{sizes[0]:,}-{sizes[-1]:,} ({len(sizes)})")
       diff = pairs["diff"]
       teachers = _teachers(results_dir, path.stem, dataset, preset)
-      base_teachers = _teachers(results_dir, base, dataset, preset)
-      if not teachers or not base_teachers:
+      if dataset not in base_teachers:
+        base_teachers[dataset] = _teachers(results_dir, base, dataset, preset)
+      if not teachers or not base_teachers[dataset]:
         teacher = "unrecorded"
-      elif teachers == base_teachers:
+      elif teachers == base_teachers[dataset]:
         teacher = "base's"
       else:
         teacher = ", ".join(sorted(teachers))
