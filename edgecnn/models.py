@@ -345,7 +345,8 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
                                 kernel_initializer: str = "he_normal",
                                 seed: int | None = None,
                                 name: str | None = None,
-                                head_pool: str | None = None) -> keras.Model:
+                                head_pool: str | None = None,
+                                train_shared: bool = False) -> keras.Model:
   """Builds EdgeCNN-m from a shared-layers payload alone (Alg. 1, steps 2-3).
 
   Args:
@@ -362,6 +363,11 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
       instead (stride 1 'valid', or stride 2 'same'), an ablation of how much
       the head's size matters: at m=3 on 24x24 crops the paper's FC-1024 sees
       23x23x32 features, the compact preset's 12x12x32.
+    train_shared: with ``pretrained``, the m lower layers start at the cloud's
+      weights and train with the head (fine-tuning) instead of staying frozen
+      as Alg. 1 and 2 have them: an ablation of the freezing, not the
+      paper's EdgeCNN1. The model's ``transferred_weights`` then keeps the
+      cloud's values, by layer name, for train.reinitialize.
 
   Returns:
     An uncompiled keras.Model; its ``cloud_model_hash`` attribute names the
@@ -369,6 +375,11 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
   """
   if head_pool is not None:
     _check_choice("head_pool", head_pool, PRESETS)
+  if train_shared and not pretrained:
+    raise ValueError("`train_shared` needs `pretrained=True`: EdgeCNN0 "
+                     "(pretrained=False) trains every layer already. "
+                     f"Received: pretrained={pretrained!r}, "
+                     f"train_shared={train_shared!r}")
   manifest, weights = read_payload(payload)
   m = manifest["num_shared"]
   classes = manifest["num_classes"] if num_classes is None else num_classes
@@ -379,7 +390,7 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
   built = []
   for index, record in enumerate(manifest["layers"]):
     layer = _rebuild(
-        record, trainable=not pretrained,
+        record, trainable=not pretrained or train_shared,
         initializer=None if pretrained else _initializer(kernel_initializer,
                                                          seed, index))
     x = layer(x)
@@ -407,6 +418,10 @@ def build_edge_cnn_from_payload(payload: bytes, num_classes: int | None = None,
       except (KeyError, ValueError) as e:
         raise PayloadError(f"Payload weights do not fit layer {layer.name!r}: "
                            f"{e}") from e
+  if pretrained and train_shared:
+    model.transferred_weights = {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in built if layer.weights}
   model.cloud_model_hash = manifest["cloud_model_hash"]
   model.num_shared = m
   model.pretrained = bool(pretrained)

@@ -211,6 +211,28 @@ class SweepSpec:
   # None: the edge head is the cloud's (Alg. 1). "paper"/"compact": that
   # preset's head pool (an ablation); recorded in the rows' condition.
   head_pool: str | None = None
+  # EdgeCNN1's shared layers train too (an ablation of Alg. 1-2's freezing;
+  # condition shared=trained). EdgeCNN0 trains every layer anyway.
+  train_shared: bool = False
+
+  def __post_init__(self):
+    if self.train_shared and False in self.models:
+      raise ValueError(
+          "`train_shared` is an ablation of EdgeCNN1's frozen layers; "
+          "EdgeCNN0 trains every layer already, so its runs would repeat "
+          "the plain grid's under another name. Run EdgeCNN1 alone "
+          "(models=(True,)). Received: models="
+          f"{self.models!r}, train_shared=True")
+
+  @property
+  def condition(self) -> str:
+    """The rows' condition: what this sweep changes of the recipe, or ""."""
+    parts = []
+    if self.head_pool is not None:
+      parts.append(f"head_pool={self.head_pool}")
+    if self.train_shared:
+      parts.append("shared=trained")
+    return ";".join(parts)
 
 
 def sweep_runs(dataset_name: str, spec: SweepSpec
@@ -232,8 +254,8 @@ def sweep_runs(dataset_name: str, spec: SweepSpec
               "model": model_label(pretrained, m), "num_shared": m,
               "pretrained": pretrained, "labels": label_source,
               "num_images": n, "seed": seed}
-          if spec.head_pool is not None:
-            key["condition"] = f"head_pool={spec.head_pool}"
+          if spec.condition:
+            key["condition"] = spec.condition
           yield seed, n, m, pretrained, key
 
 
@@ -392,6 +414,7 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
         f"{model_label(key['pretrained'], key['num_shared'])}"
         f"-N{key['num_images']}-seed{key['seed']}-{key['labels']}"
         + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
+        + ("-shared_trained" if spec.train_shared else "")
         + f"-{cloud_hash[:12]}"))
 
   for i, (seed, n, m, pretrained, key) in enumerate(runs):
@@ -436,7 +459,8 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
       edge = models.build_edge_cnn_from_payload(
           payloads[m], pretrained=pretrained,
           kernel_initializer=spec.kernel_initializer, seed=seed,
-          head_pool=spec.head_pool)
+          head_pool=spec.head_pool,
+          train_shared=spec.train_shared and pretrained)
       name = f"{model_label(pretrained, m)} N={n} seed={seed}"
       checkpoint_dir = run_checkpoint(key)
       logger.info("training %s (%s labels)", name, label_source)

@@ -444,10 +444,17 @@ def _fit_distributed(model, train_ds, val_ds, config: TrainConfig, strategy,
 def reinitialize(model: keras.Model, seed: int) -> None:
   """Draws new values for every trainable kernel (biases to zero).
 
-  Frozen layers (EdgeCNN1's shared layers) keep their weights.
+  Frozen layers (EdgeCNN1's shared layers) keep their weights; trainable
+  layers that started at the cloud's (``transferred_weights``, an EdgeCNN1
+  built with ``train_shared``) go back to those values, so a restart starts
+  where the run did, but for a new head.
   """
+  transferred = getattr(model, "transferred_weights", None) or {}
   for i, layer in enumerate(model.layers):
     if not layer.trainable or not layer.weights:
+      continue
+    if layer.name in transferred:
+      layer.set_weights(transferred[layer.name])
       continue
     init = getattr(layer, "kernel_initializer", None)
     if init is None:

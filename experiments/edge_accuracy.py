@@ -59,6 +59,13 @@ HEAD_POOL = flags.DEFINE_enum(
     "whatever the cloud's preset; an ablation of the head's size, recorded "
     "as condition head_pool=<value>. Use with --results_csv to keep "
     "ablations apart.")
+TRAIN_SHARED = flags.DEFINE_bool(
+    "train_shared", False, "EdgeCNN1's m shared layers start at the "
+    "CloudCNN's weights and train with the head (fine-tuning, at the same "
+    "schedule) instead of staying frozen as Alg. 1 and 2 have them: an "
+    "ablation of the freezing, recorded as condition shared=trained. "
+    "Needs --models=edgecnn1 (EdgeCNN0 trains every layer anyway). Use "
+    "with --results_csv to keep ablations apart.")
 TRUNK_CACHE_GB = flags.DEFINE_float(
     "trunk_cache_gb", 5.0, "Memory (GiB) for the test-crop features of "
     "EdgeCNN1's frozen layers, computed once per m and reused by every "
@@ -113,7 +120,8 @@ def sweep_spec(name: str) -> sweeps.SweepSpec:
       models={"both": (True, False), "edgecnn1": (True,),
               "edgecnn0": (False,)}[MODELS.value],
       kernel_initializer=common.INITIALIZER.value,
-      head_pool=None if HEAD_POOL.value == "cloud" else HEAD_POOL.value)
+      head_pool=None if HEAD_POOL.value == "cloud" else HEAD_POOL.value,
+      train_shared=TRAIN_SHARED.value)
 
 
 def print_plan(name: str, experiment: str) -> pd.DataFrame:
@@ -235,6 +243,11 @@ def dispatch(experiment: str) -> None:
         "--label_only with --labels=oracle: an oracle sweep trains on the "
         "true labels and needs no cloud labels. Drop --labels=oracle to "
         "label the uploads of the same grid for a --labels=cloud sweep.")
+  if TRAIN_SHARED.value and MODELS.value != "edgecnn1":
+    raise app.UsageError(
+        f"--train_shared with --models={MODELS.value}: it is an ablation of "
+        "EdgeCNN1's frozen layers, and EdgeCNN0 trains every layer already "
+        "(its runs are the plain grid's). Add --models=edgecnn1.")
   if DRY_RUN.value:
     print_plan(common.DATASET.value, experiment)
     return

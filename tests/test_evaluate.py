@@ -85,6 +85,11 @@ def test_trainable_trunks_and_oversized_features_are_left_whole(setup):
                              crop_size=CROP, flip=True) is None
   assert cache.predict_probs(cloud, ds.x_test, crop_size=CROP,
                              flip=True) is None
+  # EdgeCNN1 whose shared layers train: the cloud's weights, not frozen.
+  tuned = models.build_edge_cnn_from_payload(
+      models.export_shared_layers(cloud, 3), train_shared=True)
+  assert cache.predict_probs(tuned, ds.x_test, crop_size=CROP,
+                             flip=True) is None
   # m=3 compact: 12x12x32 float32 features per crop, 11 crops per image.
   need = len(ds.x_test) * 11 * 12 * 12 * 32 * 4
   small = eval_lib.TrunkCache(max_bytes=need - 1)

@@ -224,18 +224,44 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
       ("EdgeCNN1-3", 20)]
   assert "test_accuracy_10crop" in set(ablation.metric)
   assert len(after) - len(ablation) == len(rows)
+  # Fine-tuning the shared layers is its own condition too; EdgeCNN0 has
+  # nothing frozen to fine-tune, so asking for it is refused before training.
+  refused = subprocess.run(
+      [sys.executable, "-m", "experiments.edge_accuracy", *common,
+       "--num_images=20", "--seeds=0", "--shared=3", "--train_shared",
+       f"--results_csv={csv}"], cwd=root, capture_output=True, text=True,
+      env={**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"},
+      timeout=300)
+  assert refused.returncode != 0
+  assert "--train_shared with --models=both" in refused.stderr
+  assert "--models=edgecnn1" in refused.stderr
+  run("edge_accuracy", *common, "--num_images=20", "--seeds=0",
+      "--shared=3", "--models=edgecnn1", "--train_shared",
+      f"--results_csv={csv}", cwd=root)
+  after = pd.read_csv(csv, keep_default_na=False)
+  tuned = after[after.condition == "shared=trained"].set_index("metric")
+  frozen = after[(after.condition == "") & (after.model == "EdgeCNN1-3")
+                 & (after.num_images == 20)].set_index("metric")
+  assert tuned.loc["frozen_params", "value"] == 0
+  assert (tuned.loc["trainable_params", "value"]
+          == frozen.loc["trainable_params", "value"]
+          + frozen.loc["frozen_params", "value"])
+  assert 0 <= tuned.loc["test_accuracy_10crop", "value"] <= 1
+  assert len(after) - len(tuned) - len(ablation) == len(rows)
   # The flags file holds the last run only; the history holds every command
   # that wrote to the CSV (dry runs write nothing), oldest first.
   flags_file = root / "results" / "edge_accuracy.mnist-compact.flags.json"
-  assert json.loads(flags_file.read_text())["head_pool"] == "paper"
+  last_flags = json.loads(flags_file.read_text())
+  assert (last_flags["train_shared"], last_flags["head_pool"]) == (True, "cloud")
   history = results.read_invocations(
       root / "results" / "edge_accuracy.invocations.jsonl")
   commands = [h["command"] for h in history]
-  assert len(commands) == 3 and commands[0] == commands[1], commands
+  assert len(commands) == 4 and commands[0] == commands[1], commands
   assert "--head_pool" not in commands[0] and "--num_images=20,40" in commands[0]
   assert commands[2].startswith("python -m experiments.edge_accuracy ")
   assert "--head_pool=paper" in commands[2]
   assert [h["flags"]["head_pool"] for h in history][0] != "paper"
+  assert "--train_shared" in commands[3] and history[3]["flags"]["train_shared"]
   # Another schedule into the same CSV is refused before it trains: its
   # rows would not say so, and it would take these runs for done.
   env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -250,7 +276,7 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert "--results_csv=results/ablation_<what>.csv" in proc.stderr
   assert len(pd.read_csv(csv)) == len(after)
   assert len(results.read_invocations(
-      root / "results" / "edge_accuracy.invocations.jsonl")) == 3
+      root / "results" / "edge_accuracy.invocations.jsonl")) == 4
 
 
 def test_edge_accuracy_runs_from_a_cloud_directory_without_weights(workspace):

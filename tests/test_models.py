@@ -101,6 +101,38 @@ def test_edgecnn1_frozen_layers_keep_cloud_weights_through_fit_head_changes():
   assert all(l.trainable for l in cloud.layers)
 
 
+def test_train_shared_starts_at_cloud_weights_and_trains_them():
+  cloud = models.build_cloud_cnn(TINY, preset="compact", seed=1)
+  payload = models.export_shared_layers(cloud, 3)
+  frozen = models.build_edge_cnn_from_payload(payload, seed=2)
+  edge = models.build_edge_cnn_from_payload(payload, seed=2, train_shared=True)
+  shared = models.shared_layer_names(edge)
+  assert edge.pretrained and all(edge.get_layer(n).trainable for n in shared)
+  assert models.count_params(edge) == (sum(models.count_params(frozen)), 0)
+  for name in shared:
+    for a, b in zip(edge.get_layer(name).get_weights(),
+                    cloud.get_layer(name).get_weights()):
+      np.testing.assert_array_equal(a, b)
+  # The head is the frozen model's, draw for draw: only the freezing differs.
+  for a, b in zip(edge.get_layer("fc1").get_weights(),
+                  frozen.get_layer("fc1").get_weights()):
+    np.testing.assert_array_equal(a, b)
+  assert sorted(edge.transferred_weights) == [
+      "block1_conv1", "block1_conv2", "block1_conv3"]
+  edge.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+               loss="sparse_categorical_crossentropy")
+  x = np.random.default_rng(0).random((16, *TINY), dtype=np.float32)
+  edge.fit(x, np.arange(16) % 10, epochs=2, batch_size=8, verbose=0)
+  moved = edge.get_layer("block1_conv1").get_weights()[0]
+  assert not np.array_equal(moved, cloud.get_layer("block1_conv1").get_weights()[0])
+  # The kept copy is the cloud's, not a view of the trained layer.
+  np.testing.assert_array_equal(edge.transferred_weights["block1_conv1"][0],
+                                cloud.get_layer("block1_conv1").get_weights()[0])
+  with pytest.raises(ValueError, match=r"EdgeCNN0.*Received: pretrained=False"):
+    models.build_edge_cnn_from_payload(payload, pretrained=False,
+                                       train_shared=True)
+
+
 def test_edge_shares_no_layer_objects_with_cloud():
   cloud = models.build_cloud_cnn(TINY, preset="compact")
   edge = models.build_edge_cnn(cloud, 10)

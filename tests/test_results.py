@@ -136,6 +136,15 @@ def test_plan_sweep_marks_done_runs_and_estimates_from_other_seeds(tmp_path):
   # N=20 ran for seeds 0 and 1 (10 s, 30 s): median 20 s; N=40 only seed 0.
   assert todo["est_s"].tolist() == [100.0, 20.0, 100.0]
   assert todo["est_from"].tolist() == ["mnist"] * 3
+  tuned = dataclasses.replace(spec, train_shared=True)
+  assert {k.get("condition") for *_, k in sweeps.sweep_runs("mnist", tuned)} \
+      == {"shared=trained"}
+  both = dataclasses.replace(tuned, head_pool="paper")
+  assert both.condition == "head_pool=paper;shared=trained"
+  assert not sweeps.plan_sweep("mnist", tuned, log)["done"].any()
+  with pytest.raises(ValueError, match=r"EdgeCNN0 trains every layer.*"
+                     r"Received: models=\(True, False\)"):
+    dataclasses.replace(spec, models=(True, False), train_shared=True)
   other = dataclasses.replace(spec, head_pool="paper")
   ablation = sweeps.plan_sweep("mnist", other, log)
   assert not ablation["done"].any() and ablation["est_s"].isna().all()

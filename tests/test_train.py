@@ -206,6 +206,21 @@ def test_reinitialize_touches_only_trainable_layers():
   assert not np.array_equal(head, edge.get_layer("fc1").get_weights()[0])
 
 
+def test_reinitialize_puts_trained_shared_layers_back_to_the_clouds():
+  cloud = models.build_cloud_cnn((12, 12, 1), preset="compact", seed=0)
+  edge = models.build_edge_cnn_from_payload(
+      models.export_shared_layers(cloud, 3), seed=0, train_shared=True)
+  conv = edge.get_layer("block1_conv1")
+  conv.kernel.assign(conv.kernel + 1.0)  # as if training had moved it
+  head = edge.get_layer("fc1").get_weights()[0].copy()
+  train_lib.reinitialize(edge, seed=5)
+  for a, b in zip(conv.get_weights(),
+                  cloud.get_layer("block1_conv1").get_weights()):
+    np.testing.assert_array_equal(a, b)
+  assert conv.trainable
+  assert not np.array_equal(head, edge.get_layer("fc1").get_weights()[0])
+
+
 def test_checkpoint_resume_continues_where_a_killed_run_stopped(
     tmp_path, monkeypatch, caplog):
   ds = fake_dataset("mnist", n_train=60, n_test=10)
