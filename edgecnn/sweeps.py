@@ -413,8 +413,9 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
         f"{dataset.info.name}-{spec.preset}-"
         f"{model_label(key['pretrained'], key['num_shared'])}"
         f"-N{key['num_images']}-seed{key['seed']}-{key['labels']}"
-        + (f"-head_pool_{spec.head_pool}" if spec.head_pool else "")
-        + ("-shared_trained" if spec.train_shared else "")
+        # e.g. -head_pool_paper-shared_trained
+        + "".join(f"-{part.replace('=', '_')}"
+                  for part in filter(None, spec.condition.split(";")))
         + f"-{cloud_hash[:12]}"))
 
   for i, (seed, n, m, pretrained, key) in enumerate(runs):

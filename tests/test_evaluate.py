@@ -140,21 +140,33 @@ class _Kill(Exception):
   """Stands for the process dying at a chosen point."""
 
 
-def _checkpointed_sweep(cloud, tmp_path, max_epochs):
-  """A sweep of N=20 and 40 whose N=40 run checkpoints; its run directory."""
+def _checkpointed_sweep(cloud, tmp_path, max_epochs, suffix="", **changes):
+  """A sweep of N=20 and 40 whose N=40 run checkpoints; its run directory.
+
+  ``changes`` are SweepSpec fields of an ablation, ``suffix`` the part of
+  the run directory's name its condition adds.
+  """
   spec = sweeps.SweepSpec(preset="compact", num_images=(20, 40), seeds=(0,),
-                          shared=(3,), labels="oracle", models=(True,))
+                          shared=(3,), labels="oracle", models=(True,),
+                          **changes)
   config = train_lib.get_config("paper", max_epochs=max_epochs)
   root = tmp_path / "ckpt"
   log = results.ResultLog(tmp_path / "rows.csv", {"experiment": "edge_accuracy"})
   kwargs = dict(checkpoint_root=root, checkpoint_min_images=40)
-  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle-"
-                    f"{models.model_hash(cloud)[:12]}")
+  run_dir = root / (f"fashion_mnist-compact-EdgeCNN1-3-N40-seed0-oracle"
+                    f"{suffix}-{models.model_hash(cloud)[:12]}")
   return spec, config, log, kwargs, run_dir
 
 
+@pytest.mark.parametrize("suffix,changes", [
+    ("", {}),
+    # An ablation's run resumes from a directory of its own, shared layers
+    # (trained here) and all.
+    ("-head_pool_paper-shared_trained",
+     {"head_pool": "paper", "train_shared": True})])
 def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
-                                                       monkeypatch):
+                                                       monkeypatch, suffix,
+                                                       changes):
   cloud, ds = setup
   seen = []
   real_train = train_lib.train_and_evaluate
@@ -170,8 +182,8 @@ def test_a_killed_large_run_resumes_from_its_checkpoint(setup, tmp_path,
       raise _Kill()
 
   monkeypatch.setattr(sweeps.train_lib, "train_and_evaluate", spy)
-  spec, config, log, kwargs, run_dir = _checkpointed_sweep(cloud, tmp_path,
-                                                           max_epochs=4)
+  spec, config, log, kwargs, run_dir = _checkpointed_sweep(
+      cloud, tmp_path, max_epochs=4, suffix=suffix, **changes)
   monkeypatch.setattr(train_lib._PaperSchedule, "_save_checkpoint",
                       save_then_die)
   with pytest.raises(_Kill):
