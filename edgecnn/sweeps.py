@@ -461,7 +461,7 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
           payloads[m], pretrained=pretrained,
           kernel_initializer=spec.kernel_initializer, seed=seed,
           head_pool=spec.head_pool,
-          train_shared=spec.train_shared and pretrained)
+          train_shared=spec.train_shared)  # EdgeCNN1 only (__post_init__)
       name = f"{model_label(pretrained, m)} N={n} seed={seed}"
       checkpoint_dir = run_checkpoint(key)
       logger.info("training %s (%s labels)", name, label_source)
