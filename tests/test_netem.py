@@ -49,13 +49,15 @@ def test_proxy_delivers_configured_rate_and_delay():
   server, port = _start_echo()
   proxy = netem.ShapingProxy(("127.0.0.1", port), LINK).start()
   try:
-    times = [netem.timed_transfer(*proxy.address, PAYLOAD)[0] for _ in range(3)]
-    got = sorted(times)[1]
-    assert got == pytest.approx(EXPECTED, rel=TOLERANCE), times
-    # The delay alone shows on a tiny payload. The fastest of five: a busy
-    # machine only ever adds scheduling time to a transfer, never removes it
-    # (the median of three read 99 ms for 60 ms with three experiments on
-    # the two cores), and an emulator that is too fast still fails.
+    # The fastest of five: a busy machine only ever adds scheduling time to a
+    # transfer, never removes it, so the minimum is the emulator's own time,
+    # and an emulator that is too fast or too slow still fails. (The median
+    # of three read 99 ms for 60 ms on the tiny payload with three
+    # experiments on the two cores, and 0.533 s for 0.46 s on this payload
+    # with two trainings beside the suite, session 53.)
+    times = [netem.timed_transfer(*proxy.address, PAYLOAD)[0] for _ in range(5)]
+    assert min(times) == pytest.approx(EXPECTED, rel=TOLERANCE), times
+    # The delay alone shows on a tiny payload.
     small = min(netem.timed_transfer(*proxy.address, b"y")[0]
                 for _ in range(5))
     assert small == pytest.approx(2 * LINK.delay_s, abs=0.02)
