@@ -309,8 +309,12 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
   Fashion-MNIST and back: the same network, the same number of batches), and
   est_from names that dataset. Where neither has, the CSVs of ``others`` are
   read the same way, in order (an ablation's CSV borrows the times of the
-  main grid's), and est_from says "<dataset> in <file name>". NaN and ""
-  where none of them has the run.
+  main grid's), and est_from says "<dataset> in <file name>". A run under a
+  condition (``spec.condition``: an ablation's head or trained shared
+  layers) that none of them has run borrows, last, the time of the same run
+  without it, and est_from adds "without <condition>": a rough guide, since
+  the condition changes the model's cost per epoch and its epochs. NaN and
+  "" where none of them has the run.
   """
   info = data_lib.DATASETS.get(dataset_name)
   alikes = [name for name, other in data_lib.DATASETS.items()
@@ -332,10 +336,14 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
   out = []
   for seed, n, _, _, key in sweep_runs(dataset_name, spec):
     rest = tuple(results.key_text(key.get(c)) for c in keep[1:])
-    source, est = next(((name + where, medians[(name,) + rest])
+    tries = [(rest, "")]
+    if rest[-1]:
+      tries.append((rest[:-1] + ("",), f" without {rest[-1]}"))
+    source, est = next(((name + where + without, medians[(name,) + wanted])
+                        for wanted, without in tries
                         for medians, where in sources
                         for name in [dataset_name, *alikes]
-                        if (name,) + rest in medians), ("", float("nan")))
+                        if (name,) + wanted in medians), ("", float("nan")))
     out.append({"seed": seed, "num_images": n, "model": key["model"],
                 "labels": key["labels"], "done": log.done(key),
                 "running": log.claimed_by(key) is not None,

@@ -94,8 +94,9 @@ DRY_RUN = flags.DEFINE_bool(
     "same model and N in the CSV, any seed, or, marked ~, of the same run on "
     "a dataset of the same image shape and size: MNIST for Fashion-MNIST "
     "and back, and then in <experiment>.csv beside the CSV, the main grid's, "
-    "when --results_csv names another one), then exit without loading data "
-    "or training.")
+    "when --results_csv names another one; last, for --head_pool or "
+    "--train_shared runs none of those has, the same run's time without "
+    "them, a rough guide), then exit without loading data or training.")
 LABEL_ONLY = flags.DEFINE_bool(
     "label_only", False, "Have CloudCNN label every image the sweep's update "
     "phases upload (all --seeds and --num_images), save the labels in the "
@@ -166,7 +167,9 @@ def print_plan(name: str, experiment: str) -> pd.DataFrame:
       print(f"~: {int(borrowed.sum())} runs have no time of their own for "
             f"{name} in {log.path.name}; their estimate is the same run's "
             f"time on {sources} (a dataset of the same image shape and "
-            "number of training images, or another CSV).")
+            "number of training images, or another CSV; \"without\" names "
+            "the condition the estimate's run did not have, so it is a "
+            "rough guide only).")
     if todo["running"].any():
       held = int(todo["running"].sum())
       print(f"*: {held} runs are being trained by another sweep now (claims "

@@ -235,6 +235,20 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
   assert refused.returncode != 0
   assert "--train_shared with --models=both" in refused.stderr
   assert "--models=edgecnn1" in refused.stderr
+  # No run has trained its shared layers yet: --dry_run estimates from the
+  # frozen runs, marked ~ and named "without shared=trained".
+  plan = run("edge_accuracy", *common, "--num_images=20,40", "--seeds=0",
+             "--shared=3", "--models=edgecnn1", "--train_shared",
+             f"--results_csv={csv}", "--dry_run",
+             "--cloud_dir=/nonexistent", "--data_dir=/nonexistent", cwd=root)
+  assert "2 runs in this sweep, 0 already there, 2 to run." in plan.stdout
+  frozen_walls = rows[(rows.metric == "wall_time")
+                      & (rows.model == "EdgeCNN1-3")].set_index("num_images")
+  for n in (20, 40):
+    est = float(frozen_walls.loc[n, "value"]) / 60
+    assert ["0", str(n), "EdgeCNN1-3", f"~{est:.1f}"] in [
+        l.split() for l in plan.stdout.splitlines()]
+  assert "time on mnist without shared=trained" in plan.stdout
   run("edge_accuracy", *common, "--num_images=20", "--seeds=0",
       "--shared=3", "--models=edgecnn1", "--train_shared",
       f"--results_csv={csv}", cwd=root)

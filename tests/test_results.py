@@ -147,8 +147,19 @@ def test_plan_sweep_marks_done_runs_and_estimates_from_other_seeds(tmp_path):
     dataclasses.replace(spec, models=(True, False), train_shared=True)
   other = dataclasses.replace(spec, head_pool="paper")
   ablation = sweeps.plan_sweep("mnist", other, log)
-  assert not ablation["done"].any() and ablation["est_s"].isna().all()
-  assert ablation["est_from"].tolist() == [""] * 6
+  # Not done, and, with no run under its condition anywhere, estimated from
+  # the same run without it, said so.
+  assert not ablation["done"].any()
+  assert ablation["est_s"].tolist() == [20.0, 100.0] * 3
+  assert ablation["est_from"].tolist() == ["mnist without head_pool=paper"] * 6
+  # A time under the condition itself comes first, from another seed too.
+  first = next(k for *_, k in sweeps.sweep_runs("mnist", other))
+  log.append(first, [("wall_time", 60.0, "s")])
+  ablation = sweeps.plan_sweep("mnist", other, log)
+  assert ablation["est_s"].tolist() == [60.0, 100.0] * 3
+  assert ablation["est_from"].tolist() == [
+      "mnist", "mnist without head_pool=paper"] * 3
+  assert sweeps.plan_sweep("cifar10", other, log)["est_s"].isna().all()
   # A run not yet on a dataset borrows the time of a dataset of the same
   # image shape and size (MNIST for Fashion-MNIST), never CIFAR-10's, and
   # never when the dataset has its own.
