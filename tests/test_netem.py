@@ -36,6 +36,23 @@ def _start_echo(prefix=(), host="127.0.0.1"):
   return proc, port
 
 
+REPEATS = 5
+
+
+def _transfer_times(host, port, payload):
+  """Times of REPEATS transfers of ``payload``; callers judge the fastest.
+
+  A busy machine only ever adds scheduling time to a transfer, never removes
+  it, so the minimum is the emulator's own time, and an emulator that is too
+  fast or too slow still fails. (The median of three read 99 ms for 60 ms on
+  the tiny payload with three experiments on the two cores, 0.533 s for
+  0.46 s on PAYLOAD with two trainings beside the suite (session 53), and
+  0.71 s against the kernel's 0.48 s with three experiments and the test
+  suite on the cores (session 8).)
+  """
+  return [netem.timed_transfer(host, port, payload)[0] for _ in range(REPEATS)]
+
+
 def test_series_and_transfer_time():
   s = netem.series(LINK, netem.LinkSpec(500 * netem.KB, 2000 * netem.KB, 0.02))
   assert (s.up_bytes_per_s, s.down_bytes_per_s) == (500 * netem.KB, 1360 * netem.KB)
@@ -49,18 +66,11 @@ def test_proxy_delivers_configured_rate_and_delay():
   server, port = _start_echo()
   proxy = netem.ShapingProxy(("127.0.0.1", port), LINK).start()
   try:
-    # The fastest of five: a busy machine only ever adds scheduling time to a
-    # transfer, never removes it, so the minimum is the emulator's own time,
-    # and an emulator that is too fast or too slow still fails. (The median
-    # of three read 99 ms for 60 ms on the tiny payload with three
-    # experiments on the two cores, and 0.533 s for 0.46 s on this payload
-    # with two trainings beside the suite, session 53.)
-    times = [netem.timed_transfer(*proxy.address, PAYLOAD)[0] for _ in range(5)]
+    times = _transfer_times(*proxy.address, PAYLOAD)
     assert min(times) == pytest.approx(EXPECTED, rel=TOLERANCE), times
     # The delay alone shows on a tiny payload.
-    small = min(netem.timed_transfer(*proxy.address, b"y")[0]
-                for _ in range(5))
-    assert small == pytest.approx(2 * LINK.delay_s, abs=0.02)
+    small = _transfer_times(*proxy.address, b"y")
+    assert min(small) == pytest.approx(2 * LINK.delay_s, abs=0.02), small
   finally:
     proxy.stop()
     server.kill()
@@ -70,14 +80,14 @@ NETNS_OK, NETNS_WHY = netem.netns_available()
 
 
 def _timed_from(prefix, host, port, payload_len):
-  """Fastest of 5 transfers of payload_len bytes, run inside ``prefix``'s
-  namespace (load only ever adds time to a transfer, see
-  test_proxy_delivers_configured_rate_and_delay)."""
+  """Fastest of REPEATS transfers of payload_len bytes, run inside
+  ``prefix``'s namespace (why the fastest: _transfer_times)."""
   code = ("import sys; from edgecnn import netem; "
           "print(min(netem.timed_transfer(sys.argv[1], int(sys.argv[2]), "
-          "b'x' * int(sys.argv[3]))[0] for _ in range(5)))")
+          "b'x' * int(sys.argv[3]))[0] for _ in range(int(sys.argv[4]))))")
   out = subprocess.run(
-      [*prefix, sys.executable, "-c", code, host, str(port), str(payload_len)],
+      [*prefix, sys.executable, "-c", code, host, str(port), str(payload_len),
+       str(REPEATS)],
       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
       text=True, check=True)
   return float(out.stdout)
@@ -104,11 +114,8 @@ def test_netns_delivers_configured_rate_and_delay_and_agrees_with_proxy():
   server2, port2 = _start_echo()
   proxy = netem.ShapingProxy(("127.0.0.1", port2), LINK).start()
   try:
-    # The fastest of five, as for the kernel: the median of three read 0.71 s
-    # against the kernel's 0.48 s with three experiments and the test suite
-    # on the two cores (session 8).
-    user = min(netem.timed_transfer(*proxy.address, PAYLOAD)[0]
-               for _ in range(5))
+    # The fastest, as for the kernel (_transfer_times).
+    user = min(_transfer_times(*proxy.address, PAYLOAD))
   finally:
     proxy.stop()
     server2.kill()
