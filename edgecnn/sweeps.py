@@ -322,6 +322,7 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
             and (other.image_shape, other.num_train)
             == (info.image_shape, info.num_train)]
   keep = ["dataset", "preset", "model", "num_images", "labels", "condition"]
+  at_condition = keep.index("condition") - 1  # its place in a key without dataset
 
   def wall_medians(rows: pd.DataFrame) -> dict:
     walls = rows[rows["metric"] == "wall_time"]
@@ -337,8 +338,9 @@ def plan_sweep(dataset_name: str, spec: SweepSpec,
   for seed, n, _, _, key in sweep_runs(dataset_name, spec):
     rest = tuple(results.key_text(key.get(c)) for c in keep[1:])
     tries = [(rest, "")]
-    if rest[-1]:
-      tries.append((rest[:-1] + ("",), f" without {rest[-1]}"))
+    if rest[at_condition]:
+      bare = rest[:at_condition] + ("",) + rest[at_condition + 1:]
+      tries.append((bare, f" without {rest[at_condition]}"))
     source, est = next(((name + where + without, medians[(name,) + wanted])
                         for wanted, without in tries
                         for medians, where in sources
