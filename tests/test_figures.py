@@ -711,6 +711,33 @@ def test_bar_table_takes_the_gaps_edgecnn0_from_another_csv(tmp_path):
                         zeros="missing"))
 
 
+def test_bar_table_gap_at_another_n(tmp_path):
+  # The paper states the MNIST gap at N=60,000 too (Fig. 8a, +1.26, as a
+  # gain only); gap_n moves the gap line there, and says so when no seed
+  # has both models at that N.
+  log = edge_log(tmp_path)
+  for seed in (0, 1):
+    for n in (120, 60000):
+      for m, zero, one in ((3, 0.9, 0.95), (5, 0.9, 0.9)):
+        key = {"dataset": "mnist", "preset": "compact", "num_shared": m,
+               "labels": "cloud", "num_images": n, "seed": seed}
+        log.append({**key, "model": f"EdgeCNN0-{m}", "pretrained": False},
+                   [("test_accuracy_10crop", zero + seed / 1000, "fraction")])
+        log.append({**key, "model": f"EdgeCNN1-{m}", "pretrained": True},
+                   [("test_accuracy_10crop", one + n / 1e7, "fraction")])
+  small = figures.bar_table(tmp_path, "mnist")
+  assert "Gap EdgeCNN1-m - EdgeCNN0-m at N=120, paired per seed: m=3" in small
+  large = figures.bar_table(tmp_path, "mnist", gap_n=60000)
+  assert large.splitlines()[:5] == small.splitlines()[:5]  # same cells
+  # m=3: 0.95 + 0.006 - (0.9 + seed/1000) = 5.60 and 5.50 points.
+  assert ("Gap EdgeCNN1-m - EdgeCNN0-m at N=60,000, paired per seed: "
+          "m=3 +5.55 ± 0.07 points (n=2) (paper +1.26); "
+          "m=5 +0.55 ± 0.07 points (n=2).") in large
+  assert ("Gap EdgeCNN1-m - EdgeCNN0-m at N=1,000: no seed has both models "
+          "there (in edge_accuracy.csv).") in figures.bar_table(
+              tmp_path, "mnist", gap_n=1000)
+
+
 def test_bar_table_of_one_ablation_condition(tmp_path):
   # An ablation of the head (EdgeCNN1 and EdgeCNN0 with condition
   # head_pool=paper) beside plain rows in one CSV: the default table is the
