@@ -358,7 +358,8 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
   points, with the number of seeds; only the N where both exist. Below the
   table: how many cells are at or above the paper, which are below, and the
   gap EdgeCNN1-m - EdgeCNN0-m at the smallest N, or at ``gap_n`` (paired per
-  seed), beside the paper's where it gives both models at that N.
+  seed), beside the paper's where it states one (both models' accuracies in
+  Tables 2-3, or the gain alone, as Fig. 8a at N=60,000).
 
   Args:
     results_dir: directory of the result CSVs.
@@ -374,7 +375,8 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
       column exactly, e.g. "head_pool=paper"); "" takes the rows without
       one. The rows of `zeros` are always those without one.
     gap_n: the N of the gap line; None is the smallest N of ours. The paper
-      states its gaps at N=120 (Tables 2-3) and N=60,000 (Figs. 8-9).
+      states gaps at N=120-1,200 (Tables 2-3) and, for MNIST m=3, at
+      N=60,000 (Fig. 8a).
   """
   edge = load(results_dir, name)
   if edge is None or edge.empty:
