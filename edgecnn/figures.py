@@ -432,13 +432,9 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
       borrowed = borrowed or not zero_accuracy.empty
     diffs = _paired(_per_seed(plain, dataset, one, n0), zero_accuracy,
                     lambda x, y: x - y)
-    a, b = (paper_value(paper, "test_accuracy_10crop", dataset, model, n0)
-            for model in (one, zero))
     if diffs.empty:
       continue
-    # Tables 2-3 give both models; Fig. 8 states only the gain at 60,000.
-    gain = (a - b if a is not None and b is not None else paper_value(
-        stated, "accuracy_gain", dataset, f"{one} vs {zero}", n0))
+    gain = _paper_gain(paper, stated, dataset, m, n0)
     theirs = "" if gain is None else f" (paper {100 * gain:+.2f})"
     gaps.append(f"m={m} {_fmt_points(diffs)}{theirs}")
   if gaps:
@@ -451,6 +447,92 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
                 + (f" or {zeros}.csv" if zeros else "") + ").")
   return "\n".join(lines) + "\n\nOurs (mean over seeds) minus the paper, " \
       "points; n seeds.\n" + "\n".join(text) + "\n"
+
+
+def _paper_gain(paper: pd.DataFrame, stated: pd.DataFrame, dataset: str,
+                m: int, n: int) -> float | None:
+  """The paper's EdgeCNN1-m minus EdgeCNN0-m at N (a fraction), or None.
+
+  Tables 2-3 give both models' accuracies; where the paper gives only the
+  gain (Fig. 8a, MNIST m=3 at N=60,000), that. ``paper`` is
+  _paper_accuracy(dataset), ``stated`` paper_values().
+  """
+  one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
+  a, b = (paper_value(paper, "test_accuracy_10crop", dataset, model, n)
+          for model in (one, zero))
+  if a is not None and b is not None:
+    return a - b
+  return paper_value(stated, "accuracy_gain", dataset, f"{one} vs {zero}", n)
+
+
+def gap_table(results_dir, dataset: str, *, m: int = 3,
+              preset: str = "compact", name: str = "edge_accuracy",
+              condition: str = "") -> str:
+  """EdgeCNN1-m, EdgeCNN0-m and their gap at every N, beside the paper's.
+
+  Per N where one CSV has both models for some seed: each model's 10-crop
+  accuracy (mean±std over seeds) and the paper's, and the gap EdgeCNN1-m -
+  EdgeCNN0-m paired per seed beside the paper's (Tables 2-3; Fig. 8a's
+  stated gain at N=60,000). Below it, how far each model is from the paper
+  over the N where the paper gives it: the mean difference and the mean
+  and largest absolute difference, in points. Where bar_table asks whether
+  EdgeCNN1 beats the paper, this asks whether a setting's pair of models
+  looks like the paper's.
+
+  Args:
+    results_dir: directory of the result CSVs.
+    dataset: mnist, fashion_mnist or cifar10.
+    m: the number of shared layers (3, 5 or 10).
+    preset: whose rows are ours.
+    name: the CSV's stem.
+    condition: the ablation whose rows are ours (the `condition` column
+      exactly); "" takes the rows without one.
+  """
+  if m not in (3, 5, 10):
+    raise ValueError(f"m must be 3, 5 or 10 (the paper's shared layers); "
+                     f"received {m!r}")
+  edge = load(results_dir, name)
+  if edge is None or edge.empty:
+    return f"No {name}.csv yet.\n"
+  plain = _plain(edge, preset, condition)
+  one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
+  paper, stated = _paper_accuracy(dataset), paper_values()
+  ns = sorted(int(n) for n in plain[(plain.dataset == dataset) & (
+      plain.model == one)].num_images.unique())
+  lines = [f"| N | {one} | paper | {zero} | paper | gap, paired | paper |",
+           "|---|---|---|---|---|---|---|"]
+  off = {one: [], zero: []}
+  for n in ns:
+    ours = {model: _per_seed(plain, dataset, model, n)
+            for model in (one, zero)}
+    diffs = _paired(ours[one], ours[zero], lambda x, y: x - y)
+    if diffs.empty:
+      continue
+    cells = []
+    for model in (one, zero):
+      theirs = paper_value(paper, "test_accuracy_10crop", dataset, model, n)
+      cells += [_mean_std(ours[model]),
+                "–" if theirs is None else f"{100 * theirs:.2f}"]
+      if theirs is not None:
+        off[model].append(100 * (ours[model].mean() - theirs))
+    gain = _paper_gain(paper, stated, dataset, m, n)
+    spread = f"±{100 * diffs.std():.2f}" if len(diffs) > 1 else ""
+    cells += [f"{100 * diffs.mean():+.2f}{spread} (n={len(diffs)})",
+              "–" if gain is None else f"{100 * gain:+.2f}"]
+    lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+  which = f" with condition {condition!r}" if condition else ""
+  if len(lines) == 2:
+    return (f"No seed of {dataset} in {name}.csv{which} has both {one} and "
+            f"{zero} at one N ({preset} preset).\n")
+  text = ["", "test_accuracy_10crop, mean±std over seeds; the gap in points."]
+  for model in (one, zero):
+    d = np.array(off[model])
+    if len(d):
+      text.append(
+          f"{model} minus the paper over {len(d)} N: mean {d.mean():+.2f}, "
+          f"mean absolute {np.abs(d).mean():.2f}, largest absolute "
+          f"{np.abs(d).max():.2f} points.")
+  return "\n".join(lines) + "\n" + "\n".join(text) + "\n"
 
 
 def _mean_std(values: pd.Series, sign: str = "") -> str:
@@ -943,7 +1025,7 @@ def training_time_table(results_dir, *, preset: str = "compact",
 
 # The tables a document may embed between markers (refresh_tables); each is
 # called with the results directory first.
-DOC_TABLES = ("accuracy_table", "bar_table", "headline_table",
+DOC_TABLES = ("accuracy_table", "bar_table", "gap_table", "headline_table",
               "weights_table", "ablation_table", "ablation_summary",
               "preset_table", "training_time_table")
 # Markers are whole lines, so prose may quote them.
@@ -1071,6 +1153,9 @@ def render_all(results_dir, out_dir) -> list[pathlib.Path]:
     sections.append(f"## {DATASET_TITLES[d]}: EdgeCNN1 against the paper's "
                     "cells, and the gap at the smallest N\n\n"
                     + bar_table(results_dir, d))
+    sections.append(f"## {DATASET_TITLES[d]}: EdgeCNN1-3 and EdgeCNN0-3 and "
+                    "the gap between them at every N, beside the paper's\n\n"
+                    + gap_table(results_dir, d))
   for p in others:
     for d in datasets:
       if not edge[(edge.preset == p) & (edge.dataset == d)].empty:

@@ -738,6 +738,52 @@ def test_bar_table_gap_at_another_n(tmp_path):
               tmp_path, "mnist", gap_n=1000)
 
 
+def test_gap_table_pairs_both_models_per_n_beside_the_paper(tmp_path):
+  # Both models at N=120 and 240 (seeds 0-1), EdgeCNN1 alone at 360 (no
+  # row), both at 60,000 (the paper gives only Fig. 8a's gain there).
+  log = edge_log(tmp_path)
+  accuracy = {120: (0.85, 0.75), 240: (0.90, 0.85), 60000: (0.98, 0.975)}
+  for seed in (0, 1):
+    for n, (one, zero) in accuracy.items():
+      key = {"dataset": "mnist", "preset": "compact", "num_shared": 3,
+             "labels": "cloud", "num_images": n, "seed": seed}
+      log.append({**key, "model": "EdgeCNN1-3", "pretrained": True},
+                 [("test_accuracy_10crop", one + seed / 100, "fraction")])
+      log.append({**key, "model": "EdgeCNN0-3", "pretrained": False},
+                 [("test_accuracy_10crop", zero, "fraction")])
+    log.append({"dataset": "mnist", "preset": "compact", "num_shared": 3,
+                "labels": "cloud", "num_images": 360, "seed": seed,
+                "model": "EdgeCNN1-3", "pretrained": True},
+               [("test_accuracy_10crop", 0.9, "fraction")])
+  paper = figures.paper_values()
+  theirs = {(model, n): figures.paper_value(
+      paper, "test_accuracy_10crop", "mnist", model, n)
+            for model in ("EdgeCNN1-3", "EdgeCNN0-3") for n in (120, 240)}
+  table = figures.gap_table(tmp_path, "mnist")
+  rows = [line for line in table.splitlines() if line.startswith("| ")]
+  assert [row.split(" | ")[0] for row in rows[1:]] == [
+      "| 120", "| 240", "| 60,000"]  # 360 has no EdgeCNN0-3
+  # 120: EdgeCNN1-3 85.0 and 86.0 (85.50±0.71), EdgeCNN0-3 75.00; gaps 10
+  # and 11 points.
+  gain = 100 * (theirs["EdgeCNN1-3", 120] - theirs["EdgeCNN0-3", 120])
+  assert rows[1] == (
+      f"| 120 | 85.50±0.71 | {100 * theirs['EdgeCNN1-3', 120]:.2f} | "
+      f"75.00±0.00 | {100 * theirs['EdgeCNN0-3', 120]:.2f} | "
+      f"+10.50±0.71 (n=2) | {gain:+.2f} |")
+  assert rows[3] == ("| 60,000 | 98.50±0.71 | – | 97.50±0.00 | – | "
+                     "+1.00±0.71 (n=2) | +1.26 |")
+  off1 = [85.5 - 100 * theirs["EdgeCNN1-3", 120],
+          90.5 - 100 * theirs["EdgeCNN1-3", 240]]
+  assert (f"EdgeCNN1-3 minus the paper over 2 N: mean "
+          f"{sum(off1) / 2:+.2f}, mean absolute "
+          f"{(abs(off1[0]) + abs(off1[1])) / 2:.2f}, largest absolute "
+          f"{max(map(abs, off1)):.2f} points.") in table
+  assert "No seed of mnist in edge_accuracy.csv has both EdgeCNN1-5 and " \
+      "EdgeCNN0-5 at one N" in figures.gap_table(tmp_path, "mnist", m=5)
+  with pytest.raises(ValueError, match="m must be 3, 5 or 10.*received 4"):
+    figures.gap_table(tmp_path, "mnist", m=4)
+
+
 def test_bar_table_of_one_ablation_condition(tmp_path):
   # An ablation of the head (EdgeCNN1 and EdgeCNN0 with condition
   # head_pool=paper) beside plain rows in one CSV: the default table is the
