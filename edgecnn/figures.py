@@ -516,8 +516,7 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
       if theirs is not None:
         off[model].append(100 * (ours[model].mean() - theirs))
     gain = _paper_gain(paper, stated, dataset, m, n)
-    spread = f"±{100 * diffs.std():.2f}" if len(diffs) > 1 else ""
-    cells += [f"{100 * diffs.mean():+.2f}{spread} (n={len(diffs)})",
+    cells += [f"{_mean_std(diffs, '+')} (n={len(diffs)})",
               "–" if gain is None else f"{100 * gain:+.2f}"]
     lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
   which = f" with condition {condition!r}" if condition else ""
