@@ -73,6 +73,11 @@ class TrainConfig:
   dead_check_steps: int = 0
   crop_size: int | None = None  # None: the dataset's default crop.
   augment: bool = True
+  # With augment, also mirror at random where the dataset allows it
+  # (DatasetInfo.flip: Fashion-MNIST, CIFAR-10). False trains on random
+  # crops alone (an ablation, session 57); testing is unchanged (10 crops,
+  # mirrors included), as the paper's "standard 10-crop testing" says.
+  flip: bool = True
   # Test (and keep) the last epoch's weights (False), as Keras'
   # EarlyStopping does by default, or the best validation epoch's (True).
   # See the module docstring.
@@ -94,6 +99,9 @@ class TrainConfig:
     if self.max_epochs is not None and self.max_epochs < 1:
       raise ValueError(f"`max_epochs` must be >= 1 or None. Received: "
                        f"max_epochs={self.max_epochs}")
+    if not self.flip and not self.augment:
+      raise ValueError("`flip=False` changes nothing when `augment=False` "
+                       "(centre crops are never mirrored); drop one of them.")
     if not 0 < self.lr_decay < 1:
       raise ValueError(f"`lr_decay` must be in (0, 1). Received: "
                        f"lr_decay={self.lr_decay}")

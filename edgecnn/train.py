@@ -617,6 +617,10 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   if len(split.train) == 0 or len(split.val) == 0:
     raise ValueError(f"Both the training ({len(split.train)}) and validation "
                      f"({len(split.val)}) parts of the split must be non-empty.")
+  if not config.flip and not info.flip:
+    raise ValueError(f"`flip=False` asks for no training mirrors, but "
+                     f"{info.name} is never mirrored (its classes change "
+                     "under a mirror); leave flip at True.")
   labels = dataset.y_train if train_labels is None else np.asarray(train_labels)
   if labels.shape != dataset.y_train.shape:
     raise ValueError(f"`train_labels` must have shape {dataset.y_train.shape}. "
@@ -625,7 +629,7 @@ def train_and_evaluate(model: keras.Model, dataset: data_lib.Dataset,
   x_val, y_val = dataset.x_train[split.val], labels[split.val]
   train_ds = data_lib.train_pipeline(
       x_tr, y_tr, batch_size=config.batch_size, crop_size=crop,
-      flip=info.flip and config.augment, seed=seed) if config.augment else \
+      flip=info.flip and config.flip, seed=seed) if config.augment else \
       data_lib.eval_pipeline(x_tr, y_tr, batch_size=config.batch_size,
                              crop_size=crop)
   val_ds = data_lib.eval_pipeline(x_val, y_val,

@@ -54,6 +54,12 @@ AUGMENT = flags.DEFINE_bool(
     "allows them), the named configs' default, which 10-crop testing "
     "implies; --noaugment trains on centre crops (an ablation); overrides "
     "the named config.")
+FLIP = flags.DEFINE_bool(
+    "flip", None, "With random crops, also mirror at random where the "
+    "dataset allows it (Fashion-MNIST, CIFAR-10; never MNIST), the named "
+    "configs' default; --noflip trains on random crops without mirrors (an "
+    "ablation; testing keeps the 10 crops with their mirrors). Overrides "
+    "the named config.")
 TIE_BREAK_LOSS = flags.DEFINE_bool(
     "tie_break_loss", None, "Count an equal validation accuracy with a lower "
     "validation loss as an improvement (the named configs' default: tiny "
@@ -110,14 +116,34 @@ def setup_logging() -> None:
 
 # TrainConfig fields a flag overrides (train_config, schedule_condition).
 _FLAG_OF_FIELD = {"max_epochs": MAX_EPOCHS, "lr_patience": LR_PATIENCE,
-                  "augment": AUGMENT, "tie_break_loss": TIE_BREAK_LOSS,
+                  "augment": AUGMENT, "flip": FLIP,
+                  "tie_break_loss": TIE_BREAK_LOSS,
                   "restore_best": RESTORE_BEST, "crop_size": CROP_SIZE}
 
 
+# Fields whose flag came after rows were already being written: a saved
+# flags record without one ran under the named config's value (before
+# session 57 every run mirrored where its dataset allows).
+_FIELDS_NEWER_THAN_HISTORY = frozenset({"flip"})
+
+
 def train_config() -> config_lib.TrainConfig:
-  """The named config with every schedule flag that was set applied."""
+  """The named config with every schedule flag that was set applied.
+
+  Raises:
+    app.UsageError: for flags that contradict each other or --dataset.
+  """
   overrides = {field: flag.value for field, flag in _FLAG_OF_FIELD.items()
                if flag.value is not None}
+  if overrides.get("flip") is False:
+    if overrides.get("augment") is False:
+      raise app.UsageError("--noflip changes nothing with --noaugment, which "
+                           "trains on centre crops and never mirrors; drop "
+                           "one of them.")
+    if not config_lib.DATASETS[DATASET.value].flip:
+      raise app.UsageError(f"--noflip changes nothing on --dataset="
+                           f"{DATASET.value}, which is never mirrored (a "
+                           "mirror changes its classes); drop it.")
   return config_lib.get_config(TRAIN_CONFIG.value, **overrides)
 
 
@@ -143,8 +169,10 @@ def _config_of(values: dict) -> config_lib.TrainConfig | None:
   """The training config a saved flags record ran under; None if the record
   predates a flag it needs or names a config that no longer exists."""
   try:
-    overrides = {field: values[field] for field in _FLAG_OF_FIELD
-                 if values[field] is not None}
+    overrides = {field: values.get(field) if field in
+                 _FIELDS_NEWER_THAN_HISTORY else values[field]
+                 for field in _FLAG_OF_FIELD}
+    overrides = {f: v for f, v in overrides.items() if v is not None}
     return config_lib.get_config(values["train_config"], **overrides)
   except (KeyError, ValueError, TypeError):
     return None

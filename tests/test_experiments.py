@@ -606,6 +606,7 @@ def test_cloud_rows_name_the_seed_and_preset_of_the_cloud_dir(workspace):
 
 
 def test_schedule_flags_override_the_named_config():
+  from absl import app
   from absl import flags
   from absl.testing import flagsaver
   from experiments import common
@@ -620,6 +621,18 @@ def test_schedule_flags_override_the_named_config():
     assert (config.lr_patience, config.max_epochs, config.augment,
             config.tie_break_loss, config.restore_best) == (5, 7, False,
                                                             False, True)
+  assert common.train_config().flip
+  with flagsaver.flagsaver(flip=False, dataset="fashion_mnist"):
+    assert not common.train_config().flip
+    assert common.schedule_condition() == ["flip=False"]
+    with flagsaver.flagsaver(augment=False):
+      with pytest.raises(app.UsageError, match="--noflip changes nothing "
+                         "with --noaugment"):
+        common.train_config()
+    with flagsaver.flagsaver(dataset="mnist"):
+      with pytest.raises(app.UsageError, match="--noflip changes nothing on "
+                         "--dataset=mnist, which is never mirrored"):
+        common.train_config()
   with pytest.raises(flags.IllegalFlagValueError):
     flags.FLAGS.lr_patience = 0
 
@@ -660,6 +673,17 @@ def test_a_sweep_on_another_teacher_or_schedule_is_refused(tmp_path):
         in message
     assert "cloud_hash" not in message
   common.refuse_mixed_history(log, "cifar10-compact", facts={"cloud_hash": "c"})
+  # A record from before --flip existed ran with mirrors, the default: it
+  # agrees with a run that mirrors and refuses one that does not.
+  record = json.loads(results.invocations_path(log.path).read_text()
+                      .splitlines()[-1])
+  del record["flags"]["flip"]
+  older = results.ResultLog(tmp_path / "older.csv", {"experiment": "x"})
+  results.invocations_path(older.path).write_text(json.dumps(record) + "\n")
+  common.refuse_mixed_history(older, "cifar10-compact")
+  with flagsaver.flagsaver(flip=False):
+    with pytest.raises(cli.UserError, match="flip=True there, False here"):
+      common.refuse_mixed_history(older, "cifar10-compact")
   assert not log.path.exists()  # refusals and checks write no row
 
 

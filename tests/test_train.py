@@ -530,6 +530,42 @@ def test_noaugment_trains_on_centre_crops(monkeypatch):
     assert calls == expected  # training pipeline, then validation
 
 
+class _Stop(Exception):
+  pass
+
+
+def test_noflip_trains_on_random_crops_without_mirrors(monkeypatch):
+  # The pipeline train() asks for is all --noflip changes: random crops
+  # still, mirrors only where both the dataset and the config allow them.
+  asked = []
+
+  def record(*args, **kwargs):
+    asked.append(kwargs["flip"])
+    raise _Stop  # what train() asked for is all this test needs
+
+  monkeypatch.setattr(data_lib, "train_pipeline", record)
+  ds = fake_dataset("fashion_mnist", n_train=40, n_test=10)
+  split = data_lib.subset_split(40, 40, seed=0)
+  for flip in (True, False):
+    model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+    with pytest.raises(_Stop):
+      train_lib.train_and_evaluate(
+          model, ds, split, train_lib.get_config("quick", flip=flip), seed=0,
+          evaluate_test=False)
+  assert asked == [True, False]
+  mnist = fake_dataset("mnist", n_train=40, n_test=10)
+  model = models.build_cloud_cnn((24, 24, 1), preset="compact", seed=0)
+  with pytest.raises(ValueError, match="`flip=False` asks for no training "
+                     "mirrors, but mnist is never mirrored"):
+    train_lib.train_and_evaluate(model, mnist, split,
+                                 train_lib.get_config("quick", flip=False),
+                                 seed=0, evaluate_test=False)
+  with pytest.raises(ValueError, match="`flip=False` changes nothing when "
+                     "`augment=False`"):
+    train_lib.get_config("quick", flip=False, augment=False)
+  assert asked == [True, False]  # neither refusal got as far as the pipeline
+
+
 @pytest.mark.parametrize("restore_best", [True, False])
 def test_tested_weights_are_the_best_epochs_or_the_last(monkeypatch, caplog,
                                                        restore_best):
