@@ -467,10 +467,10 @@ def _paper_gain(paper: pd.DataFrame, stated: pd.DataFrame, dataset: str,
 
 def gap_table(results_dir, dataset: str, *, m: int = 3,
               preset: str = "compact", name: str = "edge_accuracy",
-              condition: str = "") -> str:
+              condition: str = "", zero_name: str | None = None) -> str:
   """EdgeCNN1-m, EdgeCNN0-m and their gap at every N, beside the paper's.
 
-  Per N where one CSV has both models for some seed: each model's 10-crop
+  Per N where the CSVs have both models for some seed: each model's 10-crop
   accuracy (mean±std over seeds) and the paper's, and the gap EdgeCNN1-m -
   EdgeCNN0-m paired per seed beside the paper's (Tables 2-3; Fig. 8a's
   stated gain at N=60,000). Below it, how far each model is from the paper
@@ -487,15 +487,28 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
     name: the CSV's stem.
     condition: the ablation whose rows are ours (the `condition` column
       exactly); "" takes the rows without one.
+    zero_name: the CSV whose EdgeCNN0-m rows to pair with ``name``'s
+      EdgeCNN1-m (None: ``name`` itself). EdgeCNN0 trains from scratch on
+      true labels and never meets the CloudCNN, so a sweep of EdgeCNN1 on
+      another teacher pairs with EdgeCNN0 rows trained under the same flags
+      on the first (same seeds, subsets and schedule); the caller vouches
+      for the flags.
   """
   if m not in (3, 5, 10):
     raise ValueError(f"m must be 3, 5 or 10 (the paper's shared layers); "
                      f"received {m!r}")
+  one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
   edge = load(results_dir, name)
   if edge is None or edge.empty:
     return f"No {name}.csv yet.\n"
   plain = _plain(edge, preset, condition)
-  one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
+  if zero_name is not None and zero_name != name:
+    other = load(results_dir, zero_name)
+    if other is None or other.empty:
+      return f"No {zero_name}.csv yet.\n"
+    plain = pd.concat([plain[plain.model != zero],
+                       _plain(other, preset, condition).query(
+                           "model == @zero")])
   paper, stated = _paper_accuracy(dataset), paper_values()
   ns = sorted(int(n) for n in plain[(plain.dataset == dataset) & (
       plain.model == one)].num_images.unique())
@@ -520,10 +533,14 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
               "–" if gain is None else f"{100 * gain:+.2f}"]
     lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
   which = f" with condition {condition!r}" if condition else ""
+  where = (f"{name}.csv ({one}) and {zero_name}.csv ({zero})"
+           if zero_name not in (None, name) else f"{name}.csv")
   if len(lines) == 2:
-    return (f"No seed of {dataset} in {name}.csv{which} has both {one} and "
+    return (f"No seed of {dataset} in {where}{which} has both {one} and "
             f"{zero} at one N ({preset} preset).\n")
   text = ["", "test_accuracy_10crop, mean±std over seeds; the gap in points."]
+  if zero_name not in (None, name):
+    text.append(f"{one} from {name}.csv, {zero} from {zero_name}.csv.")
   for model in (one, zero):
     d = np.array(off[model])
     if len(d):
