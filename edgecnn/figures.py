@@ -467,7 +467,7 @@ def _paper_gain(paper: pd.DataFrame, stated: pd.DataFrame, dataset: str,
 
 def gap_table(results_dir, dataset: str, *, m: int = 3,
               preset: str = "compact", name: str = "edge_accuracy",
-              condition: str = "", zero_name: str | None = None) -> str:
+              condition: str = "", zeros: str | None = None) -> str:
   """EdgeCNN1-m, EdgeCNN0-m and their gap at every N, beside the paper's.
 
   Per N where the CSVs have both models for some seed: each model's 10-crop
@@ -487,12 +487,13 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
     name: the CSV's stem.
     condition: the ablation whose rows are ours (the `condition` column
       exactly); "" takes the rows without one.
-    zero_name: the CSV whose EdgeCNN0-m rows to pair with ``name``'s
-      EdgeCNN1-m (None: ``name`` itself). EdgeCNN0 trains from scratch on
-      true labels and never meets the CloudCNN, so a sweep of EdgeCNN1 on
-      another teacher pairs with EdgeCNN0 rows trained under the same flags
-      on the first (same seeds, subsets and schedule); the caller vouches
-      for the flags.
+    zeros: stem of a CSV whose EdgeCNN0-m rows pair with `name`'s EdgeCNN1-m
+      when `name` has none of them, as in bar_table: EdgeCNN0 trains from
+      scratch on true labels and never meets the CloudCNN, so a sweep of
+      EdgeCNN1 alone on another teacher pairs with the EdgeCNN0 runs of the
+      same seeds, images and training flags on the first (the caller
+      vouches for the flags). The rows of `zeros` are always those without
+      a condition. A line under the table names the CSV they came from.
   """
   if m not in (3, 5, 10):
     raise ValueError(f"m must be 3, 5 or 10 (the paper's shared layers); "
@@ -502,13 +503,14 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
   if edge is None or edge.empty:
     return f"No {name}.csv yet.\n"
   plain = _plain(edge, preset, condition)
-  if zero_name is not None and zero_name != name:
-    other = load(results_dir, zero_name)
-    if other is None or other.empty:
-      return f"No {zero_name}.csv yet.\n"
-    plain = pd.concat([plain[plain.model != zero],
-                       _plain(other, preset, condition).query(
-                           "model == @zero")])
+  borrowed = zeros is not None and not (
+      (plain.dataset == dataset) & (plain.model == zero)).any()
+  if borrowed:
+    baseline = load(results_dir, zeros)
+    if baseline is None or baseline.empty:
+      return f"No {zeros}.csv yet (the {zero} rows of the gap).\n"
+    baseline = _plain(baseline, preset)
+    plain = pd.concat([plain, baseline[baseline.model == zero]])
   paper, stated = _paper_accuracy(dataset), paper_values()
   ns = sorted(int(n) for n in plain[(plain.dataset == dataset) & (
       plain.model == one)].num_images.unique())
@@ -533,14 +535,15 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
               "–" if gain is None else f"{100 * gain:+.2f}"]
     lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
   which = f" with condition {condition!r}" if condition else ""
-  where = (f"{name}.csv ({one}) and {zero_name}.csv ({zero})"
-           if zero_name not in (None, name) else f"{name}.csv")
+  where = (f"{name}.csv ({one}) and {zeros}.csv ({zero})" if borrowed
+           else f"{name}.csv")
   if len(lines) == 2:
     return (f"No seed of {dataset} in {where}{which} has both {one} and "
             f"{zero} at one N ({preset} preset).\n")
   text = ["", "test_accuracy_10crop, mean±std over seeds; the gap in points."]
-  if zero_name not in (None, name):
-    text.append(f"{one} from {name}.csv, {zero} from {zero_name}.csv.")
+  if borrowed:
+    text.append(f"{one} from {name}.csv, {zero} from {zeros}.csv (its runs "
+                f"of the same seeds).")
   for model in (one, zero):
     d = np.array(off[model])
     if len(d):

@@ -782,33 +782,40 @@ def test_gap_table_pairs_both_models_per_n_beside_the_paper(tmp_path):
       "EdgeCNN0-5 at one N" in figures.gap_table(tmp_path, "mnist", m=5)
   with pytest.raises(ValueError, match="m must be 3, 5 or 10.*received 4"):
     figures.gap_table(tmp_path, "mnist", m=4)
-  # A teacher ablation's EdgeCNN1-3 (its own EdgeCNN0-3 row is not taken)
-  # paired with the EdgeCNN0-3 rows of another CSV.
+  # A teacher ablation's EdgeCNN1-3 alone, paired with the EdgeCNN0-3 rows
+  # of another CSV; once it has EdgeCNN0-3 rows of its own, those.
   other = edge_log(tmp_path, "ablation_teacher")
+  key = {"dataset": "mnist", "preset": "compact", "num_shared": 3,
+         "labels": "cloud", "num_images": 120}
   for seed in (0, 1):
-    key = {"dataset": "mnist", "preset": "compact", "num_shared": 3,
-           "labels": "cloud", "num_images": 120, "seed": seed}
-    other.append({**key, "model": "EdgeCNN1-3", "pretrained": True},
+    other.append({**key, "seed": seed, "model": "EdgeCNN1-3",
+                  "pretrained": True},
                  [("test_accuracy_10crop", 0.80, "fraction")])
-    other.append({**key, "model": "EdgeCNN0-3", "pretrained": False},
-                 [("test_accuracy_10crop", 0.10, "fraction")])
   table = figures.gap_table(tmp_path, "mnist", name="ablation_teacher",
-                            zero_name="edge_accuracy")
+                            zeros="edge_accuracy")
   rows = [line for line in table.splitlines() if line.startswith("| ")]
   assert [row.split(" | ")[:4] for row in rows[1:]] == [
       ["| 120", "80.00±0.00", f"{100 * theirs['EdgeCNN1-3', 120]:.2f}",
        "75.00±0.00"]]
   assert rows[1].endswith(f"| +5.00±0.00 (n=2) | {gain:+.2f} |")
   assert ("EdgeCNN1-3 from ablation_teacher.csv, EdgeCNN0-3 from "
-          "edge_accuracy.csv.") in table
-  assert "| +70.00±0.00 (n=2) |" in figures.gap_table(  # its own EdgeCNN0-3
-      tmp_path, "mnist", name="ablation_teacher")
+          "edge_accuracy.csv (its runs of the same seeds).") in table
+  assert "has both EdgeCNN1-3 and EdgeCNN0-3" in figures.gap_table(
+      tmp_path, "mnist", name="ablation_teacher")  # none without zeros
   assert figures.gap_table(tmp_path, "mnist", name="ablation_teacher",
-                           zero_name="nowhere") == "No nowhere.csv yet.\n"
+                           zeros="nowhere") == (
+      "No nowhere.csv yet (the EdgeCNN0-3 rows of the gap).\n")
   assert ("No seed of mnist in ablation_teacher.csv (EdgeCNN1-5) and "
           "edge_accuracy.csv (EdgeCNN0-5) has both") in figures.gap_table(
               tmp_path, "mnist", m=5, name="ablation_teacher",
-              zero_name="edge_accuracy")
+              zeros="edge_accuracy")
+  for seed in (0, 1):
+    other.append({**key, "seed": seed, "model": "EdgeCNN0-3",
+                  "pretrained": False},
+                 [("test_accuracy_10crop", 0.10, "fraction")])
+  table = figures.gap_table(tmp_path, "mnist", name="ablation_teacher",
+                            zeros="edge_accuracy")
+  assert "| +70.00±0.00 (n=2) |" in table and " from " not in table
 
 
 def test_bar_table_of_one_ablation_condition(tmp_path):
