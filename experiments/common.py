@@ -167,7 +167,8 @@ def schedule_condition() -> list[str]:
 
 def _config_of(values: dict) -> config_lib.TrainConfig | None:
   """The training config a saved flags record ran under; None if the record
-  predates a flag it needs or names a config that no longer exists."""
+  predates a flag it needs (but those of _FIELDS_NEWER_THAN_HISTORY, which
+  take the named config's value) or names a config that no longer exists."""
   try:
     overrides = {field: values.get(field) if field in
                  _FIELDS_NEWER_THAN_HISTORY else values[field]
