@@ -367,7 +367,7 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
     preset: whose rows are ours.
     name: the CSV's stem.
     zeros: stem of a CSV whose EdgeCNN0-m rows the gap pairs with when `name`
-      has none for a model (an ablation of the CloudCNN, say, trains only
+      has none for a model at the gap's N (an ablation of the CloudCNN, say, trains only
       EdgeCNN1: EdgeCNN0 never sees the CloudCNN, so the main grid's runs of
       the same seed, trained on the same images, are its baseline). The line
       names the CSV they came from.
@@ -381,11 +381,9 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
   edge = load(results_dir, name)
   if edge is None or edge.empty:
     return f"No {name}.csv yet.\n"
-  baseline = None
-  if zeros is not None:
-    baseline = load(results_dir, zeros)
-    if baseline is None or baseline.empty:
-      return f"No {zeros}.csv yet (the EdgeCNN0 rows of the gap).\n"
+  baseline = _zeros_rows(results_dir, zeros, preset, "EdgeCNN0")
+  if isinstance(baseline, str):
+    return baseline
   summary = accuracy_summary(edge, dataset, preset=preset,
                              condition=condition)
   paper = _paper_accuracy(dataset)
@@ -421,15 +419,12 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
                   for model, n, d, k in below) + ".")]
   n0 = int(summary.num_images.min()) if gap_n is None else int(gap_n)
   plain = _plain(edge, preset, condition)
-  zeros_plain = None if baseline is None else _plain(baseline, preset)
   gaps, borrowed = [], False
   stated = paper_values()  # for the gains the paper states without both models
   for m in (3, 5, 10):
     one, zero = f"EdgeCNN1-{m}", f"EdgeCNN0-{m}"
-    zero_accuracy = _per_seed(plain, dataset, zero, n0)
-    if zero_accuracy.empty and zeros_plain is not None:
-      zero_accuracy = _per_seed(zeros_plain, dataset, zero, n0)
-      borrowed = borrowed or not zero_accuracy.empty
+    zero_accuracy, other = _zero_per_seed(plain, baseline, dataset, zero, n0)
+    borrowed = borrowed or other
     diffs = _paired(_per_seed(plain, dataset, one, n0), zero_accuracy,
                     lambda x, y: x - y)
     if diffs.empty:
@@ -488,12 +483,14 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
     condition: the ablation whose rows are ours (the `condition` column
       exactly); "" takes the rows without one.
     zeros: stem of a CSV whose EdgeCNN0-m rows pair with `name`'s EdgeCNN1-m
-      when `name` has none of them, as in bar_table: EdgeCNN0 trains from
-      scratch on true labels and never meets the CloudCNN, so a sweep of
-      EdgeCNN1 alone on another teacher pairs with the EdgeCNN0 runs of the
-      same seeds, images and training flags on the first (the caller
+      at each N where `name` has none, as in bar_table: EdgeCNN0 trains
+      from scratch on true labels and never meets the CloudCNN, so a sweep
+      of EdgeCNN1 alone on another teacher pairs with the EdgeCNN0 runs of
+      the same seeds, images and training flags on the first (the caller
       vouches for the flags). The rows of `zeros` are always those without
-      a condition. A line under the table names the CSV they came from.
+      a condition. A line under the table names the CSV they came from, and
+      the N when only some were borrowed. A named CSV that is missing or
+      empty is reported instead of a table.
   """
   if m not in (3, 5, 10):
     raise ValueError(f"m must be 3, 5 or 10 (the paper's shared layers); "
@@ -503,26 +500,24 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
   if edge is None or edge.empty:
     return f"No {name}.csv yet.\n"
   plain = _plain(edge, preset, condition)
-  borrowed = zeros is not None and not (
-      (plain.dataset == dataset) & (plain.model == zero)).any()
-  if borrowed:
-    baseline = load(results_dir, zeros)
-    if baseline is None or baseline.empty:
-      return f"No {zeros}.csv yet (the {zero} rows of the gap).\n"
-    baseline = _plain(baseline, preset)
-    plain = pd.concat([plain, baseline[baseline.model == zero]])
+  baseline = _zeros_rows(results_dir, zeros, preset, zero)
+  if isinstance(baseline, str):
+    return baseline
   paper, stated = _paper_accuracy(dataset), paper_values()
   ns = sorted(int(n) for n in plain[(plain.dataset == dataset) & (
       plain.model == one)].num_images.unique())
   lines = [f"| N | {one} | paper | {zero} | paper | gap, paired | paper |",
            "|---|---|---|---|---|---|---|"]
   off = {one: [], zero: []}
+  borrowed_ns = []
   for n in ns:
-    ours = {model: _per_seed(plain, dataset, model, n)
-            for model in (one, zero)}
+    zero_accuracy, borrowed = _zero_per_seed(plain, baseline, dataset, zero, n)
+    ours = {one: _per_seed(plain, dataset, one, n), zero: zero_accuracy}
     diffs = _paired(ours[one], ours[zero], lambda x, y: x - y)
     if diffs.empty:
       continue
+    if borrowed:
+      borrowed_ns.append(n)
     cells = []
     for model in (one, zero):
       theirs = paper_value(paper, "test_accuracy_10crop", dataset, model, n)
@@ -534,16 +529,23 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
     cells += [f"{_mean_std(diffs, '+')} (n={len(diffs)})",
               "–" if gain is None else f"{100 * gain:+.2f}"]
     lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
-  which = f" with condition {condition!r}" if condition else ""
-  where = (f"{name}.csv ({one}) and {zeros}.csv ({zero})" if borrowed
-           else f"{name}.csv")
   if len(lines) == 2:
+    which = f" with condition {condition!r}" if condition else ""
+    own_zeros = ((plain.dataset == dataset) & (plain.model == zero)).any()
+    where = (f"{name}.csv" if zeros is None
+             else f"{name}.csv ({one}) and {zeros}.csv ({zero})"
+             if not own_zeros
+             else f"{name}.csv (or, for {zero} where it has none, {zeros}.csv)")
     return (f"No seed of {dataset} in {where}{which} has both {one} and "
             f"{zero} at one N ({preset} preset).\n")
   text = ["", "test_accuracy_10crop, mean±std over seeds; the gap in points."]
-  if borrowed:
+  if borrowed_ns and len(borrowed_ns) == len(lines) - 2:
     text.append(f"{one} from {name}.csv, {zero} from {zeros}.csv (its runs "
                 f"of the same seeds).")
+  elif borrowed_ns:
+    text.append(f"{zero} at N=" + ", ".join(f"{n:,}" for n in borrowed_ns)
+                + f" from {zeros}.csv (its runs of the same seeds), where "
+                f"{name}.csv has none; everything else from {name}.csv.")
   for model in (one, zero):
     d = np.array(off[model])
     if len(d):
@@ -1213,6 +1215,33 @@ def _per_seed(frame, dataset, model, n, metric="test_accuracy_10crop"):
   rows = frame[(frame.dataset == dataset) & (frame.model == model)
                & (frame.num_images == n) & (frame.metric == metric)]
   return rows.groupby("seed")["value"].mean()
+
+
+def _zeros_rows(results_dir, zeros: str | None, preset: str,
+                what: str) -> pd.DataFrame | str | None:
+  """The rows a gap borrows EdgeCNN0-m from: `zeros`.csv's rows of `preset`
+  without a condition; None when no CSV is named; a one-line message naming
+  the CSV and `what` its rows are for when it is missing or empty."""
+  if zeros is None:
+    return None
+  rows = load(results_dir, zeros)
+  if rows is None or rows.empty:
+    return f"No {zeros}.csv yet (the {what} rows of the gap).\n"
+  return _plain(rows, preset)
+
+
+def _zero_per_seed(plain: pd.DataFrame, borrowed: pd.DataFrame | None,
+                   dataset: str, model: str, n: int) -> tuple[pd.Series, bool]:
+  """EdgeCNN0-m's accuracy per seed at N: `plain`'s own runs, or where it has
+  none at that N, those of `borrowed` (a _zeros_rows frame); and whether they
+  were borrowed. EdgeCNN0 trains from scratch on true labels and never meets
+  the CloudCNN, so a sweep of EdgeCNN1 alone on another teacher pairs with
+  the runs of the same seeds and images on the first."""
+  own = _per_seed(plain, dataset, model, n)
+  if own.empty and borrowed is not None:
+    other = _per_seed(borrowed, dataset, model, n)
+    return other, not other.empty
+  return own, False
 
 
 def _paired(a: pd.Series, b: pd.Series, how) -> pd.Series:

@@ -786,12 +786,12 @@ def test_gap_table_pairs_both_models_per_n_beside_the_paper(tmp_path):
   # of another CSV; once it has EdgeCNN0-3 rows of its own, those.
   other = edge_log(tmp_path, "ablation_teacher")
 
-  def add(model, accuracy):  # seeds 0 and 1 at N=120
-    for seed in (0, 1):
-      other.append({"dataset": "mnist", "preset": "compact", "num_shared": 3,
-                    "labels": "cloud", "num_images": 120, "seed": seed,
-                    "model": model, "pretrained": model.startswith("EdgeCNN1")},
-                   [("test_accuracy_10crop", accuracy, "fraction")])
+  def add(model, accuracy, n=120, seeds=(0, 1), log=other):
+    for seed in seeds:
+      log.append({"dataset": "mnist", "preset": "compact", "num_shared": 3,
+                  "labels": "cloud", "num_images": n, "seed": seed,
+                  "model": model, "pretrained": model.startswith("EdgeCNN1")},
+                 [("test_accuracy_10crop", accuracy, "fraction")])
 
   add("EdgeCNN1-3", 0.80)
   table = figures.gap_table(tmp_path, "mnist", name="ablation_teacher",
@@ -816,6 +816,31 @@ def test_gap_table_pairs_both_models_per_n_beside_the_paper(tmp_path):
   table = figures.gap_table(tmp_path, "mnist", name="ablation_teacher",
                             zeros="edge_accuracy")
   assert "| +70.00±0.00 (n=2) |" in table and " from " not in table
+  # Borrowing is per N: at 240 the sweep has EdgeCNN1-3 alone, so its
+  # EdgeCNN0-3 there (0.85) comes from the main grid, and the line says where.
+  add("EdgeCNN1-3", 0.95, n=240)
+  table = figures.gap_table(tmp_path, "mnist", name="ablation_teacher",
+                            zeros="edge_accuracy")
+  rows = [line for line in table.splitlines() if line.startswith("| ")]
+  assert rows[1].split(" | ")[5] == "+70.00±0.00 (n=2)"  # N=120, its own
+  assert rows[2].split(" | ")[:6] == [
+      "| 240", "95.00±0.00", f"{100 * theirs['EdgeCNN1-3', 240]:.2f}",
+      "85.00±0.00", f"{100 * theirs['EdgeCNN0-3', 240]:.2f}",
+      "+10.00±0.00 (n=2)"]
+  assert ("EdgeCNN0-3 at N=240 from edge_accuracy.csv (its runs of the same "
+          "seeds), where ablation_teacher.csv has none; everything else from "
+          "ablation_teacher.csv.") in table
+  assert "| 240 |" not in figures.gap_table(
+      tmp_path, "mnist", name="ablation_teacher")  # no pair without zeros
+  # Its own EdgeCNN0-3 of another seed is no pair, and is not replaced.
+  lonely = edge_log(tmp_path, "ablation_lonely")
+  add("EdgeCNN1-3", 0.80, seeds=(0,), log=lonely)
+  add("EdgeCNN0-3", 0.70, seeds=(1,), log=lonely)
+  assert figures.gap_table(tmp_path, "mnist", name="ablation_lonely",
+                           zeros="edge_accuracy") == (
+      "No seed of mnist in ablation_lonely.csv (or, for EdgeCNN0-3 where it "
+      "has none, edge_accuracy.csv) has both EdgeCNN1-3 and EdgeCNN0-3 at one "
+      "N (compact preset).\n")
 
 
 def test_bar_table_of_one_ablation_condition(tmp_path):
