@@ -791,28 +791,76 @@ def _ablation_pairs(base: pd.DataFrame, ablation: pd.DataFrame, dataset: str,
   return pairs
 
 
-def _teachers(results_dir, stem: str, dataset: str, preset: str) -> set[str]:
-  """The --cloud_dir values a CSV's commands gave for one dataset and preset.
-
-  Read from the CSV's history (``<stem>.invocations.jsonl``) and its latest
-  flags (``<stem>.<dataset>-<preset>.flags.json``); a leading
-  ``results/models/`` is dropped. Empty when neither records one (a run that
-  trained its own CloudCNN, or a CSV older than the history).
-  """
+def _recorded_flags(results_dir, stem: str, dataset: str,
+                    preset: str) -> list[dict]:
+  """The flags of every command a CSV records for one dataset and preset:
+  its history (``<stem>.invocations.jsonl``), then its latest flags
+  (``<stem>.<dataset>-<preset>.flags.json``; one that is not JSON is
+  skipped). Empty for a CSV older than the history."""
   csv_path = pathlib.Path(results_dir) / f"{stem}.csv"
   name = f"{dataset}-{preset}"
-  found = [record.get("flags", {}).get("cloud_dir")
+  found = [record.get("flags", {})
            for record in results.read_invocations(
                results.invocations_path(csv_path))
            if record.get("name") == name]
   flags_path = results.flags_path(csv_path, name)
   if flags_path.exists():
     try:
-      found.append(json.loads(flags_path.read_text()).get("cloud_dir"))
-    except (json.JSONDecodeError, AttributeError):
-      pass
-  return {str(value).removeprefix("results/models/")
-          for value in found if value}
+      latest = json.loads(flags_path.read_text())
+    except json.JSONDecodeError:
+      latest = None
+    if isinstance(latest, dict):
+      found.append(latest)
+  return [flags for flags in found if isinstance(flags, dict)]
+
+
+def _teachers(results_dir, stem: str, dataset: str, preset: str) -> set[str]:
+  """The --cloud_dir values a CSV's commands gave for one dataset and preset
+  (_recorded_flags); a leading ``results/models/`` is dropped. Empty when
+  none records one (a run that trained its own CloudCNN, or a CSV older
+  than the history).
+  """
+  return {str(flags["cloud_dir"]).removeprefix("results/models/")
+          for flags in _recorded_flags(results_dir, stem, dataset, preset)
+          if flags.get("cloud_dir")}
+
+
+# The flags of the experiment binaries that change how an edge model trains
+# or what it learns from, with their defaults (tests/test_figures.py checks
+# them against the binaries' own). A saved record without one (older than
+# the flag) ran under the default; None is a schedule flag left to
+# --train_config.
+TRAINING_FLAG_DEFAULTS = {
+    "train_config": "paper", "max_epochs": None, "lr_patience": None,
+    "augment": None, "flip": None, "tie_break_loss": None,
+    "restore_best": None, "crop_size": None,
+    "kernel_initializer": "he_normal", "head_pool": "cloud",
+    "train_shared": False, "labels": "cloud", "cloud_label_mode": "ten_crop",
+}
+
+
+def _training_flags(results_dir, stem: str, dataset: str,
+                    preset: str) -> str | None:
+  """The training flags a CSV's commands set away from their defaults, as
+  command-line text (``--noflip``, ``--train_config=robust``; values that
+  differ between commands joined with ``|``), "" for none, or None when no
+  command is recorded (_recorded_flags)."""
+  records = _recorded_flags(results_dir, stem, dataset, preset)
+  if not records:
+    return None
+  parts = []
+  for flag, default in TRAINING_FLAG_DEFAULTS.items():
+    values = []
+    for value in (record.get(flag, default) for record in records):
+      if value is not None and value != default and value not in values:
+        values.append(value)
+    if values == [True]:
+      parts.append(f"--{flag}")
+    elif values == [False]:
+      parts.append(f"--no{flag}")
+    elif values:
+      parts.append(f"--{flag}=" + "|".join(str(v) for v in values))
+  return " ".join(parts)
 
 
 def ablation_summary(results_dir, *, base: str = "edge_accuracy",
@@ -834,7 +882,10 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
   gives one CSV cell by cell. The base's runs are those without a condition.
   A line names its CloudCNN (the CSV's --cloud_dir for that dataset and
   preset, _teachers) when it is not the base's: its difference then mixes
-  the teacher with the condition.
+  the teacher with the condition. It also gives the training flags the
+  CSV's commands set away from their defaults (TRAINING_FLAG_DEFAULTS), as
+  the rows of most ablations carry no condition: ``--noflip`` says how they
+  were trained where the condition column is empty.
 
   Args:
     results_dir: directory of the result CSVs.
@@ -852,11 +903,12 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
   base_frame = load(results_dir, base)
   if base_frame is None:
     return f"No {base}.csv in {results_dir} to compare the ablations with.\n"
-  lines = ["| CSV | dataset | condition | CloudCNN | paired runs | models | "
-           "N | difference, points | higher / lower / equal |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  lines = ["| CSV | dataset | condition | flags | CloudCNN | paired runs | "
+           "models | N | difference, points | higher / lower / equal |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   unrecorded, unpaired, unreadable, by_labels = [], [], [], []
   base_teachers: dict[str, set[str]] = {}  # by dataset, read once
+  base_flags: dict[str, str | None] = {}
   for path in sorted(pathlib.Path(results_dir).glob("*.csv")):
     if path.stem == base:
       continue
@@ -873,9 +925,10 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
       pairs = _ablation_pairs(base_frame, frame, dataset, preset, metric,
                               metric)
       # Runs of base reported only under the plain metric: older runs.
-      legacy += len(_ablation_pairs(
+      # (A run with only the weighted metric counts nowhere, not as -1.)
+      legacy += max(0, len(_ablation_pairs(
           base_frame, frame, dataset, preset, f"test_accuracy_{crop}",
-          f"test_accuracy_{crop}")) - len(pairs)
+          f"test_accuracy_{crop}")) - len(pairs))
       if pairs.attrs.get("unpaired"):
         by_labels.append(f"{path.stem}.csv, {dataset} "
                          f"({len(pairs.attrs['unpaired'])})")
@@ -899,8 +952,13 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
         teacher = "base's"
       else:
         teacher = ", ".join(sorted(teachers))
+      set_flags = _training_flags(results_dir, path.stem, dataset, preset)
+      if dataset not in base_flags:
+        base_flags[dataset] = _training_flags(results_dir, base, dataset,
+                                              preset)
       lines.append(
           f"| {path.stem} | {dataset} | {'; '.join(conditions) or '–'} | "
+          f"{'unrecorded' if set_flags is None else set_flags or '–'} | "
           f"{teacher} | {len(pairs)} | {', '.join(models)} | {size_text} | "
           f"{_mean_std(diff, '+')} | {int((diff > 0).sum())} / "
           f"{int((diff < 0).sum())} / {int((diff == 0).sum())} |")
@@ -919,7 +977,12 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
             "(its invocations.jsonl and flags.json), \"base's\" where it is "
             f"{base}.csv's, so the difference is the condition's alone; a "
             "named one differs from the base's, and the difference is the "
-            "teacher's and the condition's together.\n")
+            "teacher's and the condition's together. Flags: the training "
+            "flags the CSV's commands set away from their defaults ("
+            "\"unrecorded\" for a CSV older than its history)"
+            + "".join(f"; {base}.csv's, for {d}: {f}"
+                      for d, f in sorted(base_flags.items()) if f)
+            + ".\n")
   if unrecorded:
     text += (f"\nRuns of {base}.csv left out because they do not record "
              f"which weights they tested (no {metric}): "

@@ -1,5 +1,6 @@
 """Notebooks and plot_figures on a small fixture set of CSVs in the real schema."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -428,8 +429,8 @@ def test_ablation_table_never_pairs_or_averages_runs_of_other_labels(tmp_path):
           "EdgeCNN1-3 N=5000 seeds 0, 1 (true in ablation_long, cloud in "
           "edge_accuracy)." in table)
   summary = figures.ablation_summary(tmp_path, weights="last")
-  assert ("| ablation_long | cifar10 | – | unrecorded | 2 | EdgeCNN1-3 | "
-          "100-5,000 (2) | +1.50±0.71 | 2 / 0 / 0 |") in summary
+  assert ("| ablation_long | cifar10 | – | unrecorded | unrecorded | 2 | "
+          "EdgeCNN1-3 | 100-5,000 (2) | +1.50±0.71 | 2 / 0 / 0 |") in summary
   assert ("Runs left unpaired because their labels differ from the same "
           "model, N and seed in edge_accuracy.csv (ablation_table lists "
           "them): ablation_long.csv, cifar10 (2).") in summary
@@ -469,8 +470,9 @@ def test_ablation_summary_pairs_every_csv_on_the_same_weights(tmp_path):
   (tmp_path / "response_time.csv").write_text("")
 
   summary = figures.ablation_summary(tmp_path)
-  assert ("| ablation_head | fashion_mnist | head_pool=paper | unrecorded | 2 "
-          "| EdgeCNN1-3 | 120 | +0.25±1.06 | 1 / 1 / 0 |") in summary
+  assert ("| ablation_head | fashion_mnist | head_pool=paper | unrecorded | "
+          "unrecorded | 2 | EdgeCNN1-3 | 120 | +0.25±1.06 | 1 / 1 / 0 |"
+          ) in summary
   assert "ablation_robust |" not in summary
   assert ("do not record which weights they tested (no "
           "last_epoch_test_accuracy_10crop): ablation_robust.csv (1).") in summary
@@ -508,9 +510,9 @@ def test_ablation_summary_names_a_teacher_other_than_the_bases(tmp_path):
   results.write_metadata(tmp_path / f"ablation_same.{name}.flags.json",
                          {"cloud_dir": "results/models/fashion_mnist-compact-seed0"})
   summary = figures.ablation_summary(tmp_path)
-  assert ("| ablation_same | fashion_mnist | – | base's | 1 | EdgeCNN1-3 | 120 "
-          "| +1.00") in summary
-  assert ("| ablation_long | fashion_mnist | – | "
+  assert ("| ablation_same | fashion_mnist | – | – | base's | 1 | EdgeCNN1-3 "
+          "| 120 | +1.00") in summary
+  assert ("| ablation_long | fashion_mnist | – | – | "
           "fashion_mnist-compact-seed0-long | 1 | EdgeCNN1-3 | 120 | +5.00"
           ) in summary
   assert "the difference is the teacher's and the condition's" in summary
@@ -525,6 +527,52 @@ def test_ablation_summary_names_a_teacher_other_than_the_bases(tmp_path):
   (tmp_path / f"ablation_long.{name}.flags.json").write_text("{cut")
   assert "fashion_mnist-compact-seed0-long | 1 |" in figures.ablation_summary(
       tmp_path)
+
+
+def test_ablation_summary_gives_the_training_flags_its_commands_set(tmp_path):
+  # Most ablations' rows carry no condition; the flags their commands set
+  # away from the defaults say how they were trained.
+  key = {**FASHION_EDGECNN1_3, "labels": "cloud", "num_images": 120, "seed": 0}
+  last = "last_epoch_test_accuracy_10crop"
+  for stem in ("edge_accuracy", "ablation_mirrors", "ablation_mixed"):
+    edge_log(tmp_path, stem).append(key, [(last, 0.7, "fraction")])
+  name = "fashion_mnist-compact"
+  for stem, flags in (
+      # The base set one flag to a non-default value: the caption says so.
+      ("edge_accuracy", {"cloud_label_mode": "center", "flip": None}),
+      ("ablation_mirrors", {"flip": False, "augment": None,
+                            "train_shared": False, "labels": "cloud"}),
+      # An older record without a flag ran under its default; values that
+      # differ between commands are all given, in the order first seen.
+      ("ablation_mixed", {"train_config": "robust", "lr_patience": 30}),
+      ("ablation_mixed", {"train_config": "robust", "lr_patience": 20,
+                          "train_shared": True})):
+    results.append_invocation(tmp_path / f"{stem}.invocations.jsonl",
+                              {"name": name, "flags": flags})
+  summary = figures.ablation_summary(tmp_path)
+  assert ("| ablation_mirrors | fashion_mnist | – | --noflip | unrecorded |"
+          in summary)
+  assert ("| ablation_mixed | fashion_mnist | – | --train_config=robust "
+          "--lr_patience=30|20 --train_shared | unrecorded |") in summary
+  assert "left out" not in summary  # every run reports the last weights
+  assert ("set away from their defaults (\"unrecorded\" for a CSV older "
+          "than its history); edge_accuracy.csv's, for fashion_mnist: "
+          "--cloud_label_mode=center.") in summary
+
+
+def test_training_flag_defaults_are_the_binaries_own():
+  # figures reads saved flag records against these defaults; a binary whose
+  # default changed would make them lie.
+  script = ("import json, sys; import experiments.edge_accuracy; "
+            "from absl import flags; json.dump({n: flags.FLAGS[n].default "
+            "for n in json.loads(sys.argv[1])}, sys.stdout)")
+  out = subprocess.run(
+      [sys.executable, "-c", script,
+       json.dumps(sorted(figures.TRAINING_FLAG_DEFAULTS))],
+      capture_output=True, text=True, check=True,
+      cwd=pathlib.Path(__file__).resolve().parents[1],
+      env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+  assert json.loads(out.stdout) == figures.TRAINING_FLAG_DEFAULTS
 
 
 def test_preset_table_compares_presets_on_the_seeds_both_have(tmp_path):
