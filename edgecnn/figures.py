@@ -717,6 +717,13 @@ def ablation_table(results_dir, name: str, dataset: str, *,
                     + "; ".join(f"{', '.join(sorted(teachers[stem]))} in "
                                 f"{stem}" for stem in (name, base))
                     + ", so the difference is the teachers' as well.\n")
+  set_flags = {stem: _training_flags(results_dir, stem, dataset, preset)
+               for stem in (name, base)}
+  if None not in set_flags.values() and set_flags[name] != set_flags[base]:
+    teacher_text += ("\nThe training flags differ (those the commands set "
+                     "away from their defaults): " + "; ".join(
+                         f"{set_flags[stem] or 'none'} in {stem}"
+                         for stem in (name, base)) + ".\n")
   return ("\n".join(lines) + f"\n\n{compared}, mean±std over seeds.\n"
           + teacher_text + _unpaired_text(unpaired, name, base))
 

@@ -558,6 +558,12 @@ def test_ablation_summary_gives_the_training_flags_its_commands_set(tmp_path):
   assert ("set away from their defaults (\"unrecorded\" for a CSV older "
           "than its history); edge_accuracy.csv's, for fashion_mnist: "
           "--cloud_label_mode=center.") in summary
+  # One ablation's table says how its commands and the base's differ.
+  table = figures.ablation_table(tmp_path, "ablation_mirrors", "fashion_mnist",
+                                 metric=last)
+  assert ("The training flags differ (those the commands set away from their "
+          "defaults): --noflip in ablation_mirrors; --cloud_label_mode=center "
+          "in edge_accuracy.") in table
 
 
 def test_training_flag_defaults_are_the_binaries_own():
