@@ -367,10 +367,10 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
     preset: whose rows are ours.
     name: the CSV's stem.
     zeros: stem of a CSV whose EdgeCNN0-m rows the gap pairs with when `name`
-      has none for a model at the gap's N (an ablation of the CloudCNN, say, trains only
-      EdgeCNN1: EdgeCNN0 never sees the CloudCNN, so the main grid's runs of
-      the same seed, trained on the same images, are its baseline). The line
-      names the CSV they came from.
+      has none for a model at the gap's N (an ablation of the CloudCNN, say,
+      trains only EdgeCNN1: EdgeCNN0 never sees the CloudCNN, so the main
+      grid's runs of the same seed, trained on the same images, are its
+      baseline). The line names the CSV they came from.
     condition: the ablation whose rows of `name` are ours (its `condition`
       column exactly, e.g. "head_pool=paper"); "" takes the rows without
       one. The rows of `zeros` are always those without one.
@@ -531,11 +531,12 @@ def gap_table(results_dir, dataset: str, *, m: int = 3,
     lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
   if len(lines) == 2:
     which = f" with condition {condition!r}" if condition else ""
-    own_zeros = ((plain.dataset == dataset) & (plain.model == zero)).any()
-    where = (f"{name}.csv" if zeros is None
-             else f"{name}.csv ({one}) and {zeros}.csv ({zero})"
-             if not own_zeros
-             else f"{name}.csv (or, for {zero} where it has none, {zeros}.csv)")
+    where = f"{name}.csv"
+    if zeros is not None and not (
+        (plain.dataset == dataset) & (plain.model == zero)).any():
+      where = f"{name}.csv ({one}) and {zeros}.csv ({zero})"
+    elif zeros is not None:
+      where = f"{name}.csv (or, for {zero} where it has none, {zeros}.csv)"
     return (f"No seed of {dataset} in {where}{which} has both {one} and "
             f"{zero} at one N ({preset} preset).\n")
   text = ["", "test_accuracy_10crop, mean±std over seeds; the gap in points."]
