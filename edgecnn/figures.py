@@ -710,16 +710,16 @@ def ablation_table(results_dir, name: str, dataset: str, *,
                  f"{theirs} |")
   compared = (metric if metrics[base] == metric
               else f"{name}'s {metric} against {base}'s {metrics[base]}")
-  teachers = {stem: _teachers(results_dir, stem, dataset, preset)
-              for stem in (name, base)}
+  records = {stem: _recorded_flags(results_dir, stem, dataset, preset)
+             for stem in (name, base)}
+  teachers = {stem: _teachers(records[stem]) for stem in (name, base)}
   teacher_text = ""
   if all(teachers.values()) and teachers[name] != teachers[base]:
     teacher_text = ("\nThe CloudCNNs differ (--cloud_dir): "
                     + "; ".join(f"{', '.join(sorted(teachers[stem]))} in "
                                 f"{stem}" for stem in (name, base))
                     + ", so the difference is the teachers' as well.\n")
-  set_flags = {stem: _training_flags(results_dir, stem, dataset, preset)
-               for stem in (name, base)}
+  set_flags = {stem: _training_flags(records[stem]) for stem in (name, base)}
   if None not in set_flags.values() and set_flags[name] != set_flags[base]:
     teacher_text += ("\nThe training flags differ (those the commands set "
                      "away from their defaults): " + "; ".join(
@@ -822,15 +822,13 @@ def _recorded_flags(results_dir, stem: str, dataset: str,
   return [flags for flags in found if isinstance(flags, dict)]
 
 
-def _teachers(results_dir, stem: str, dataset: str, preset: str) -> set[str]:
-  """The --cloud_dir values a CSV's commands gave for one dataset and preset
-  (_recorded_flags); a leading ``results/models/`` is dropped. Empty when
-  none records one (a run that trained its own CloudCNN, or a CSV older
-  than the history).
+def _teachers(records: list[dict]) -> set[str]:
+  """The --cloud_dir values of a CSV's recorded commands (_recorded_flags);
+  a leading ``results/models/`` is dropped. Empty when none records one (a
+  run that trained its own CloudCNN, or a CSV older than the history).
   """
   return {str(flags["cloud_dir"]).removeprefix("results/models/")
-          for flags in _recorded_flags(results_dir, stem, dataset, preset)
-          if flags.get("cloud_dir")}
+          for flags in records if flags.get("cloud_dir")}
 
 
 # The flags of the experiment binaries that change how an edge model trains
@@ -847,13 +845,11 @@ TRAINING_FLAG_DEFAULTS = {
 }
 
 
-def _training_flags(results_dir, stem: str, dataset: str,
-                    preset: str) -> str | None:
-  """The training flags a CSV's commands set away from their defaults, as
-  command-line text (``--noflip``, ``--train_config=robust``; values that
-  differ between commands joined with ``|``), "" for none, or None when no
-  command is recorded (_recorded_flags)."""
-  records = _recorded_flags(results_dir, stem, dataset, preset)
+def _training_flags(records: list[dict]) -> str | None:
+  """The training flags a CSV's recorded commands (_recorded_flags) set away
+  from their defaults, as command-line text (``--noflip``,
+  ``--train_config=robust``; values that differ between commands joined
+  with ``|``), "" for none, or None when no command is recorded."""
   if not records:
     return None
   parts = []
@@ -915,8 +911,7 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
            "models | N | difference, points | higher / lower / equal |",
            "|---|---|---|---|---|---|---|---|---|---|"]
   unrecorded, unpaired, unreadable, by_labels = [], [], [], []
-  base_teachers: dict[str, set[str]] = {}  # by dataset, read once
-  base_flags: dict[str, str | None] = {}
+  base_records: dict[str, list[dict]] = {}  # by dataset, read once
   for path in sorted(pathlib.Path(results_dir).glob("*.csv")):
     if path.stem == base:
       continue
@@ -951,19 +946,19 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
       size_text = (f"{sizes[0]:,}" if len(sizes) == 1
                    else f"{sizes[0]:,}-{sizes[-1]:,} ({len(sizes)})")
       diff = pairs["diff"]
-      teachers = _teachers(results_dir, path.stem, dataset, preset)
-      if dataset not in base_teachers:
-        base_teachers[dataset] = _teachers(results_dir, base, dataset, preset)
-      if not teachers or not base_teachers[dataset]:
+      records = _recorded_flags(results_dir, path.stem, dataset, preset)
+      if dataset not in base_records:
+        base_records[dataset] = _recorded_flags(results_dir, base, dataset,
+                                                preset)
+      teachers, base_teachers = (_teachers(records),
+                                 _teachers(base_records[dataset]))
+      if not teachers or not base_teachers:
         teacher = "unrecorded"
-      elif teachers == base_teachers[dataset]:
+      elif teachers == base_teachers:
         teacher = "base's"
       else:
         teacher = ", ".join(sorted(teachers))
-      set_flags = _training_flags(results_dir, path.stem, dataset, preset)
-      if dataset not in base_flags:
-        base_flags[dataset] = _training_flags(results_dir, base, dataset,
-                                              preset)
+      set_flags = _training_flags(records)
       lines.append(
           f"| {path.stem} | {dataset} | {'; '.join(conditions) or '–'} | "
           f"{'unrecorded' if set_flags is None else set_flags or '–'} | "
@@ -989,7 +984,9 @@ def ablation_summary(results_dir, *, base: str = "edge_accuracy",
             "flags the CSV's commands set away from their defaults ("
             "\"unrecorded\" for a CSV older than its history)"
             + "".join(f"; {base}.csv's, for {d}: {f}"
-                      for d, f in sorted(base_flags.items()) if f)
+                      for d, f in ((d, _training_flags(r))
+                                   for d, r in sorted(base_records.items()))
+                      if f)
             + ".\n")
   if unrecorded:
     text += (f"\nRuns of {base}.csv left out because they do not record "
