@@ -70,6 +70,17 @@ def results_dir(tmp_path_factory):
       {**FASHION_EDGECNN1_3, "labels": "cloud", "num_images": 60000,
        "seed": 2, "condition": "shared=trained"},
       [("test_accuracy_10crop", 0.939, "fraction")])
+  # Ten seeds at N=120 (the notebook's "Ten seeds" cells); the stopping-rule
+  # teacher's CSV is left out, so its missing-CSV message shows.
+  seeds = edge_log(root, "seeds_n120_edges")
+  for seed in range(10):
+    for pretrained in (True, False):
+      seeds.append({"dataset": "fashion_mnist", "preset": "compact",
+                    "model": f"EdgeCNN{int(pretrained)}-3", "num_shared": 3,
+                    "pretrained": pretrained, "labels": "true",
+                    "num_images": 120, "seed": seed},
+                   [("test_accuracy_10crop",
+                     0.70 + 0.05 * pretrained + seed / 1000, "fraction")])
   tt = results.ResultLog(root / "training_time.csv",
                          {"experiment": "training_time", **common})
   it = results.ResultLog(root / "inference_time.csv",
@@ -154,6 +165,10 @@ def test_notebook_runs_top_to_bottom_on_fixture(path, results_dir, monkeypatch):
     # Trained shared layers: 93.90 against the frozen 93.00.
     assert "| EdgeCNN1-3 | 60000 | 93.00 | 93.90 | +0.90 (n=1; +0.90) |" in text
     assert "No ablation_train_shared_edges.csv in" in text
+    # Ten seeds, EdgeCNN1-3 75.00-75.90, EdgeCNN0-3 70.00-70.90: +5.00 each.
+    assert ("| 120 | 75.45±0.30 | 75.77 | 70.45±0.30 | 58.61 | +5.00±0.00 "
+            "(n=10) | +17.16 |") in text
+    assert "No seeds_n120_long_edges.csv yet." in text
 
 
 def test_plot_command_writes_every_png(results_dir, tmp_path):
