@@ -355,7 +355,9 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
   """The issue's bar as Markdown: EdgeCNN1-m minus the paper's cell, per N.
 
   Each cell is ours (mean over seeds) minus the paper's Table 2/3 value, in
-  points, with the number of seeds; only the N where both exist. Below the
+  points, with the number of seeds; only the N where both exist, and only
+  the models with at least one such cell ("–" where a model lacks an N that
+  another model has). Below the
   table: how many cells are at or above the paper, which are below, and the
   gap EdgeCNN1-m - EdgeCNN0-m at the smallest N, or at ``gap_n`` (paired per
   seed), beside the paper's where it states one (both models' accuracies in
@@ -407,6 +409,8 @@ def bar_table(results_dir, dataset: str, *, preset: str = "compact",
            "|---|" + "---|" * len(ns)]
   for m in (3, 5, 10):
     model = f"EdgeCNN1-{m}"
+    if not any(key[0] == model for key in cells):
+      continue  # a CSV of one m (a ten-seed sweep, say) gets no empty rows
     row = [f"{100 * cells[model, n][0]:+.2f} (n={cells[model, n][1]})"
            if (model, n) in cells else "–" for n in ns]
     lines.append(f"| {model} | " + " | ".join(row) + " |")

@@ -764,6 +764,17 @@ def test_bar_table_takes_the_gaps_edgecnn0_from_another_csv(tmp_path):
                           [("test_accuracy_10crop", 0.8, "fraction")])
   alone = figures.bar_table(tmp_path, "fashion_mnist", name="ablation_teacher")
   assert "Gap" not in alone  # no EdgeCNN0 row of its own: no gap to show
+  # A CSV of one m gets one row, not rows of dashes for the others.
+  one_m = edge_log(tmp_path, "ablation_one_m")
+  one_m.append({"dataset": "fashion_mnist", "preset": "compact",
+                "num_shared": 5, "labels": "cloud", "num_images": 120,
+                "seed": 0, "model": "EdgeCNN1-5", "pretrained": True},
+               [("test_accuracy_10crop", 0.8, "fraction")])
+  rows = figures.bar_table(tmp_path, "fashion_mnist",
+                           name="ablation_one_m").splitlines()
+  assert rows[:3] == ["| model | 120 |", "|---|---|",
+                      f"| EdgeCNN1-5 | {80 - 78.21:+.2f} (n=1) |"]
+  assert rows[3] == ""
   table = figures.bar_table(tmp_path, "fashion_mnist", name="ablation_teacher",
                             zeros="edge_accuracy")
   assert table.splitlines()[:5] == alone.splitlines()[:5]
