@@ -169,6 +169,8 @@ def test_notebook_runs_top_to_bottom_on_fixture(path, results_dir, monkeypatch):
     assert ("| 120 | 75.45±0.30 | 75.77 | 70.45±0.30 | 58.61 | +5.00±0.00 "
             "(n=10) | +17.16 |") in text
     assert "No seeds_n120_long_edges.csv yet." in text
+    for stem in ("seeds_grid_long_edges", "seeds_grid_edges"):
+      assert f"No {stem}.csv yet." in text
 
 
 def test_plot_command_writes_every_png(results_dir, tmp_path):
