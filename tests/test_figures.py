@@ -171,6 +171,7 @@ def test_notebook_runs_top_to_bottom_on_fixture(path, results_dir, monkeypatch):
     assert "No seeds_n120_long_edges.csv yet." in text
     for stem in ("seeds_grid_long_edges", "seeds_grid_edges"):
       assert f"No {stem}.csv yet." in text
+    assert "No ablation_robust_n120_edges.csv in" in text
 
 
 def test_plot_command_writes_every_png(results_dir, tmp_path):
