@@ -258,21 +258,90 @@ class Split:
   val: np.ndarray
 
 
+SUBSETS = ("random", "balanced")
+
+
+def subset_order(num_available: int, *, seed: int,
+                 labels: np.ndarray | None = None,
+                 balanced_first: int = 0) -> np.ndarray:
+  """The seeded order in which a sweep takes training images.
+
+  By default a random permutation. With ``balanced_first`` = k > 0 (and the
+  ``labels`` of the training set), the first k entries take the classes in
+  turn: round r holds the r-th image of every class in the random
+  permutation, in a freshly shuffled class order, until k images are taken
+  (the last round may be cut short). The class that ends a round goes
+  through every class, in a random order, before one ends a round again: with
+  ten classes and the 9:1 split (every 10th image validates) the validation
+  images spread over the classes too, so at N=120 10-11 images of each class
+  train and 1-2 validate. The rest of the order is the random
+  permutation without them. So a subset of N >= k images holds a
+  class-balanced first k (an initialisation phase whose few labelled images
+  an operator picked per class) and random images after them (the uploads
+  of the update phases, whose labels nobody knows beforehand). The paper
+  does not say how its N images were chosen (Sec. 4.3.1).
+
+  Args:
+    num_available: size of the full training set.
+    seed: seed of the order.
+    labels: class of every training image; needed for ``balanced_first``.
+    balanced_first: how many leading entries are class-balanced.
+
+  Returns:
+    A permutation of range(num_available).
+  """
+  order = np.random.default_rng(seed).permutation(num_available)
+  if not balanced_first:
+    return order
+  if not 0 < balanced_first <= num_available:
+    raise ValueError(f"`balanced_first` must be in 0..{num_available}. "
+                     f"Received: balanced_first={balanced_first}")
+  if labels is None or len(labels) != num_available:
+    raise ValueError(
+        "A class-balanced start needs the class of every training image: "
+        f"`labels` of length {num_available}. Received: "
+        f"{'None' if labels is None else f'{len(labels)} labels'}")
+  labels = np.asarray(labels)
+  classes = np.unique(labels)
+  # Each class's images in the order of the random permutation.
+  queues = [order[labels[order] == c] for c in classes]
+  rng = np.random.default_rng([seed, 1])  # the rounds' class orders
+  closers: list[int] = []  # which class ends each round
+  first: list[int] = []
+  for r in range(max(len(q) for q in queues)):
+    if not closers:
+      closers = list(rng.permutation(len(classes)))
+    closer = closers.pop()
+    rest = [k for k in rng.permutation(len(classes))
+            if k != closer and r < len(queues[k])]
+    first.extend(queues[k][r] for k in
+                 rest + ([closer] if r < len(queues[closer]) else []))
+    if len(first) >= balanced_first:
+      break
+  first_arr = np.asarray(first[:balanced_first], dtype=order.dtype)
+  return np.concatenate([first_arr, order[~np.isin(order, first_arr)]])
+
+
 def subset_split(num_available: int, num_images: int | None = None, *,
-                 seed: int, val_fraction: float = 0.1) -> Split:
+                 seed: int, val_fraction: float = 0.1,
+                 labels: np.ndarray | None = None,
+                 balanced_first: int = 0) -> Split:
   """Chooses N training images and splits them 9:1 (Sec. 4.3.1).
 
-  A seeded permutation of the training set is drawn once; the subset of N
-  images is its first N entries, so subsets are nested (the N=240 subset
-  contains the N=120 one and its validation images stay validation images).
-  Within the subset, every position i with floor((i+1)f) > floor(i f)
-  (every 10th for f=0.1) is a validation image.
+  The subset of N images is the first N entries of ``subset_order`` (a
+  seeded permutation, or one whose first ``balanced_first`` entries are
+  class-balanced), so subsets are nested (the N=240 subset contains the
+  N=120 one and its validation images stay validation images). Within the
+  subset, every position i with floor((i+1)f) > floor(i f) (every 10th for
+  f=0.1) is a validation image.
 
   Args:
     num_available: size of the full training set.
     num_images: N, the number of training images; None for all of them.
-    seed: seed of the permutation.
+    seed: seed of the order.
     val_fraction: share of the subset used for validation (paper: 0.1).
+    labels: class of every training image (for ``balanced_first``).
+    balanced_first: see ``subset_order``; 0 (random) by default.
 
   Returns:
     A Split of disjoint index arrays.
@@ -284,7 +353,8 @@ def subset_split(num_available: int, num_images: int | None = None, *,
   if not 0.0 < val_fraction < 1.0:
     raise ValueError(f"`val_fraction` must be in (0, 1). Received: "
                      f"val_fraction={val_fraction}")
-  order = np.random.default_rng(seed).permutation(num_available)[:n]
+  order = subset_order(num_available, seed=seed, labels=labels,
+                       balanced_first=balanced_first)[:n]
   pos = np.arange(n)
   is_val = np.floor((pos + 1) * val_fraction) > np.floor(pos * val_fraction)
   return Split(train=order[~is_val], val=order[is_val])

@@ -170,15 +170,27 @@ def update_phase_labels(dataset: data_lib.Dataset, split: data_lib.Split,
   return out, int(len(uploaded)), wrong
 
 
-def grid_uploads(num_train: int, spec: SweepSpec) -> np.ndarray:
+def sweep_split(spec: SweepSpec, train_labels: np.ndarray, num_images: int,
+                seed: int) -> data_lib.Split:
+  """The sweep's subset of ``num_images`` training images for ``seed``:
+  random, or (``spec.subset == "balanced"``) with a class-balanced
+  initialisation phase (data.subset_order)."""
+  return data_lib.subset_split(
+      len(train_labels), num_images, seed=seed, labels=train_labels,
+      balanced_first=(min(spec.num_images) if spec.subset == "balanced"
+                      else 0))
+
+
+def grid_uploads(train_labels: np.ndarray, spec: SweepSpec) -> np.ndarray:
   """Indices of every training image an update phase of the sweep uploads
-  (labelled by CloudCNN when ``spec.labels == "cloud"``), sorted."""
+  (labelled by CloudCNN when ``spec.labels == "cloud"``), sorted.
+  ``train_labels``: the training set's true classes (their number sizes the
+  set; a balanced subset reads them)."""
   n_initial = min(spec.num_images)
   out = []
   for seed in spec.seeds:
-    initial = data_lib.subset_split(num_train, n_initial, seed=seed)
-    out += [uploaded_images(data_lib.subset_split(num_train, n, seed=seed),
-                            initial)
+    initial = sweep_split(spec, train_labels, n_initial, seed)
+    out += [uploaded_images(sweep_split(spec, train_labels, n, seed), initial)
             for n in spec.num_images if n != n_initial]
   return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
@@ -191,7 +203,7 @@ def label_grid(dataset: data_lib.Dataset, spec: SweepSpec,
   Returns:
     (images the grid uploads, how many of them were not in the cache).
   """
-  wanted = grid_uploads(len(dataset.x_train), spec)
+  wanted = grid_uploads(dataset.y_train, spec)
   new = len(labeler.unlabelled(wanted))
   if len(wanted):
     labeler(wanted)
@@ -214,8 +226,15 @@ class SweepSpec:
   # EdgeCNN1's shared layers train too (an ablation of Alg. 1-2's freezing;
   # condition shared=trained). EdgeCNN0 trains every layer anyway.
   train_shared: bool = False
+  # How the N images are chosen (data.SUBSETS): "random" (the default), or
+  # "balanced": the initialisation phase's images class-balanced, an
+  # ablation recorded in the rows' condition as subset=balanced.
+  subset: str = "random"
 
   def __post_init__(self):
+    if self.subset not in data_lib.SUBSETS:
+      raise ValueError(f"`subset` must be one of {list(data_lib.SUBSETS)}. "
+                       f"Received: subset={self.subset!r}")
     if self.train_shared and False in self.models:
       raise ValueError(
           "`train_shared` is an ablation of EdgeCNN1's frozen layers; "
@@ -232,6 +251,8 @@ class SweepSpec:
       parts.append(f"head_pool={self.head_pool}")
     if self.train_shared:
       parts.append("shared=trained")
+    if self.subset != "random":
+      parts.append(f"subset={self.subset}")
     return ";".join(parts)
 
 
@@ -409,7 +430,6 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
   for m in spec.shared:
     models._check_num_shared(m)
   n_initial = min(spec.num_images)
-  n_all = len(dataset.x_train)
   payloads, cloud_hash = sweep_payloads(cloud, spec.shared)
   trained = skipped = 0
   runs = list(sweep_runs(dataset.info.name, spec))
@@ -452,8 +472,8 @@ def edge_accuracy_sweep(dataset: data_lib.Dataset,
     try:
       if current != (seed, n):
         current = (seed, n)
-        initial = data_lib.subset_split(n_all, n_initial, seed=seed)
-        split = data_lib.subset_split(n_all, n, seed=seed)
+        initial = sweep_split(spec, dataset.y_train, n_initial, seed)
+        split = sweep_split(spec, dataset.y_train, n, seed)
         phase_labels = None
       label_source = key["labels"]
       extra = []

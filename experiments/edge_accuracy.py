@@ -66,6 +66,16 @@ TRAIN_SHARED = flags.DEFINE_bool(
     "ablation of the freezing, recorded as condition shared=trained. "
     "Needs --models=edgecnn1 (EdgeCNN0 trains every layer anyway). Use "
     "with --results_csv to keep ablations apart.")
+SUBSET = flags.DEFINE_enum(
+    "subset", "random", ["random", "balanced"],
+    "How a seed's N images are chosen. 'random' (default): a seeded random "
+    "permutation of the training set, whose first N are taken. 'balanced': "
+    "the initialisation phase's images (the smallest N) take the classes in "
+    "turn (12 of each of 10 classes at N=120, less the 9:1 split's "
+    "validation images), the update phases' uploads stay random. The paper "
+    "does not say how it chose its images; an ablation, recorded as "
+    "condition subset=balanced. Use with --results_csv to keep ablations "
+    "apart.")
 TRUNK_CACHE_GB = flags.DEFINE_float(
     "trunk_cache_gb", 5.0, "Memory (GiB) for the test-crop features of "
     "EdgeCNN1's frozen layers, computed once per m and reused by every "
@@ -122,7 +132,7 @@ def sweep_spec(name: str) -> sweeps.SweepSpec:
               "edgecnn0": (False,)}[MODELS.value],
       kernel_initializer=common.INITIALIZER.value,
       head_pool=None if HEAD_POOL.value == "cloud" else HEAD_POOL.value,
-      train_shared=TRAIN_SHARED.value)
+      train_shared=TRAIN_SHARED.value, subset=SUBSET.value)
 
 
 def print_plan(name: str, experiment: str) -> pd.DataFrame:
@@ -194,7 +204,7 @@ def run(experiment: str) -> int:
     labeler = sweeps.CloudLabeler(None, dataset, mode=CLOUD_LABEL_MODE.value,
                                   cache=cache)
     if spec.labels == "cloud" and True in spec.models:
-      wanted = sweeps.grid_uploads(len(dataset.x_train), spec)
+      wanted = sweeps.grid_uploads(dataset.y_train, spec)
       missing = len(labeler.unlabelled(wanted))
       if missing:
         raise sweeps.MissingCloudLabels(

@@ -133,6 +133,63 @@ def test_subset_split_deterministic_disjoint_nested():
   assert set(full.train) | set(full.val) == set(range(1000))
 
 
+def test_subset_order_by_default_is_the_seeded_permutation():
+  # The committed grids were drawn this way; a default that changed would
+  # train other images under the same row keys.
+  np.testing.assert_array_equal(data_lib.subset_order(1000, seed=3),
+                                np.random.default_rng(3).permutation(1000))
+  np.testing.assert_array_equal(
+      data_lib.subset_split(1000, 240, seed=3).train,
+      data_lib.subset_split(1000, 240, seed=3, labels=np.zeros(1000, int),
+                            balanced_first=0).train)
+
+
+def test_a_balanced_start_takes_the_classes_in_turn_then_random_images():
+  labels = np.random.default_rng(0).permutation(np.arange(1000) % 10)
+  labels[labels == 9] = 8  # 9 classes: 200 of class 8, none of class 9
+  labels[np.flatnonzero(labels == 0)[3:]] = 1  # 3 of class 0
+  order = data_lib.subset_order(1000, seed=3, labels=labels,
+                                balanced_first=120)
+  assert sorted(order) == list(range(1000))
+  counts = np.bincount(labels[order[:120]], minlength=10)
+  # Class 0 runs out after 3 rounds; the other 8 share the rest evenly.
+  assert counts[0] == 3 and counts[9] == 0
+  assert set(counts[1:9]) <= {14, 15} and counts.sum() == 120
+  # Every full round holds each class once.
+  for r in range(3):
+    assert sorted(labels[order[9 * r:9 * r + 9]]) == list(range(9))
+  # After the balanced start: the random order, without what it took.
+  plain = data_lib.subset_order(1000, seed=3)
+  np.testing.assert_array_equal(order[120:],
+                                plain[~np.isin(plain, order[:120])])
+  # Nested: N=240 holds N=120's training and validation images.
+  small = data_lib.subset_split(1000, 120, seed=3, labels=labels,
+                                balanced_first=120)
+  large = data_lib.subset_split(1000, 240, seed=3, labels=labels,
+                                balanced_first=120)
+  assert set(small.train) <= set(large.train)
+  assert set(small.val) <= set(large.val)
+  # Ten even classes: the 9:1 split leaves 10-11 of each to train on (a
+  # random 120 of Fashion-MNIST leaves 3-18).
+  even = np.random.default_rng(1).permutation(np.arange(1000) % 10)
+  for seed in range(5):
+    split = data_lib.subset_split(1000, 120, seed=seed, labels=even,
+                                  balanced_first=120)
+    counts = np.bincount(even[split.train], minlength=10)
+    assert counts.min() >= 10 and counts.max() <= 11, counts
+    assert np.bincount(even[np.concatenate([split.train, split.val])],
+                       minlength=10).tolist() == [12] * 10
+
+
+@pytest.mark.parametrize("labels,first,match", [
+    (None, 120, "needs the class of every training image.*Received: None"),
+    (np.zeros(999, int), 120, "length 1000. Received: 999 labels"),
+    (np.zeros(1000, int), 1001, r"balanced_first. must be in 0..1000")])
+def test_a_balanced_start_refuses_what_it_cannot_balance(labels, first, match):
+  with pytest.raises(ValueError, match=match):
+    data_lib.subset_order(1000, seed=0, labels=labels, balanced_first=first)
+
+
 @pytest.mark.parametrize("n", [0, 1001])
 def test_subset_split_bad_n(n):
   with pytest.raises(ValueError, match="1..1000"):

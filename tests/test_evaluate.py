@@ -1,12 +1,14 @@
 """evaluate.TrunkCache: EdgeCNN1's frozen-trunk features reused across runs."""
 
 import logging
+import types
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 
+from edgecnn import data as data_lib
 from edgecnn import evaluate as eval_lib
 from edgecnn import models
 from edgecnn import results
@@ -311,6 +313,46 @@ def test_sweep_progress_does_not_count_later_finished_runs_as_left(
                                       train_lib.CONFIGS["quick"], log) == 1
   assert "sweep: 1 of 2 runs done (0 of them skipped: done before or by " \
          "another sweep), 0 left" in caplog.text
+
+
+def test_a_balanced_sweep_trains_a_balanced_start_and_random_uploads(
+    setup, tmp_path, monkeypatch):
+  cloud, ds = setup
+  with pytest.raises(ValueError, match="one of \\['random', 'balanced'\\]. "
+                     "Received: subset='stratified'"):
+    sweeps.SweepSpec(preset="compact", num_images=(20,), seeds=(0,),
+                     subset="stratified")
+  spec = sweeps.SweepSpec(preset="compact", num_images=(20, 30), seeds=(0,),
+                          shared=(3,), labels="oracle", models=(True,),
+                          subset="balanced")
+  assert spec.condition == "subset=balanced"
+  splits = []
+  measured = types.SimpleNamespace(
+      test_accuracy_10crop=0.5, test_accuracy_center=0.5, epochs=1,
+      wall_time_s=0.0, stop_reason="max_epochs")
+  monkeypatch.setattr(
+      sweeps.train_lib, "train_and_evaluate",
+      lambda edge, dataset, split, *a, **k: splits.append(split) or measured)
+  log = results.ResultLog(tmp_path / "rows.csv",
+                          {"experiment": "edge_accuracy"})
+  monkeypatch.setattr(sweeps, "train_metrics",
+                      lambda result: [("test_accuracy_10crop", 0.5,
+                                       "fraction")])
+  assert sweeps.edge_accuracy_sweep(ds, cloud, spec,
+                                    train_lib.CONFIGS["quick"], log) == 2
+  y = ds.y_train
+  first = np.concatenate([splits[0].train, splits[0].val])
+  # The fake set's 40 images hold 4 of each class; N=20 takes 2 of each.
+  assert np.bincount(y[first], minlength=10).tolist() == [2] * 10
+  plain = data_lib.subset_order(len(y), seed=0)
+  later = np.concatenate([splits[1].train, splits[1].val])
+  np.testing.assert_array_equal(
+      np.sort(np.setdiff1d(later, first)),
+      np.sort(plain[~np.isin(plain, first)][:10]))
+  assert sweeps.grid_uploads(y, spec).tolist() == sorted(
+      np.setdiff1d(later, first).tolist())
+  rows = pd.read_csv(tmp_path / "rows.csv", keep_default_na=False)
+  assert set(rows.condition) == {"subset=balanced"}
 
 
 def test_a_sweep_from_payloads_and_cached_labels_equals_one_from_the_model(

@@ -249,6 +249,14 @@ def test_edge_accuracy_writes_both_models_and_resumes(workspace):
     assert ["0", str(n), "EdgeCNN1-3", f"~{est:.1f}"] in [
         l.split() for l in plan.stdout.splitlines()]
   assert "time on mnist without shared=trained" in plan.stdout
+  # So does a class-balanced initialisation phase (another subset of
+  # images, its own condition).
+  plan = run("edge_accuracy", *common, "--num_images=20,40", "--seeds=0",
+             "--shared=3", "--subset=balanced", f"--results_csv={csv}",
+             "--dry_run", "--cloud_dir=/nonexistent",
+             "--data_dir=/nonexistent", cwd=root)
+  assert "4 runs in this sweep, 0 already there, 4 to run." in plan.stdout
+  assert "time on mnist without subset=balanced" in plan.stdout
   run("edge_accuracy", *common, "--num_images=20", "--seeds=0",
       "--shared=3", "--models=edgecnn1", "--train_shared",
       f"--results_csv={csv}", cwd=root)
