@@ -172,6 +172,12 @@ def test_notebook_runs_top_to_bottom_on_fixture(path, results_dir, monkeypatch):
     for stem in ("seeds_grid_long_edges", "seeds_grid_edges"):
       assert f"No {stem}.csv yet." in text
     assert "No ablation_robust_n120_edges.csv in" in text
+    assert ("No seeds_grid_long_edges.csv or seeds_grid_long_s1_edges.csv "
+            "in") in text
+    for stem in ("ablation_balanced_n120_long_edges",
+                 "ablation_balanced_grid_long_edges"):
+      assert f"No {stem}.csv yet." in text
+    assert "No ablation_balanced_n120_edges.csv in" in text
 
 
 def test_plot_command_writes_every_png(results_dir, tmp_path):
