@@ -48,6 +48,8 @@ DATASETS: dict[str, DatasetInfo] = {
 PRESETS = ("paper", "compact")
 INITIALIZERS = ("he_normal", "he_uniform", "glorot_uniform", "glorot_normal")
 LABEL_SOURCES = ("cloud", "oracle")
+# How a sweep chooses its N images (data.subset_order).
+SUBSETS = ("random", "balanced")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -258,9 +258,6 @@ class Split:
   val: np.ndarray
 
 
-SUBSETS = ("random", "balanced")
-
-
 def subset_order(num_available: int, *, seed: int,
                  labels: np.ndarray | None = None,
                  balanced_first: int = 0) -> np.ndarray:
@@ -312,10 +309,8 @@ def subset_order(num_available: int, *, seed: int,
     if not closers:
       closers = list(rng.permutation(len(classes)))
     closer = closers.pop()
-    rest = [k for k in rng.permutation(len(classes))
-            if k != closer and r < len(queues[k])]
-    first.extend(queues[k][r] for k in
-                 rest + ([closer] if r < len(queues[closer]) else []))
+    turn = [k for k in rng.permutation(len(classes)) if k != closer]
+    first.extend(queues[k][r] for k in turn + [closer] if r < len(queues[k]))
     if len(first) >= balanced_first:
       break
   first_arr = np.asarray(first[:balanced_first], dtype=order.dtype)

@@ -28,7 +28,7 @@ import pandas as pd
 
 from edgecnn import cloud_model
 # Defined in config.py (no TensorFlow there) and re-exported.
-from edgecnn.config import LABEL_SOURCES
+from edgecnn.config import LABEL_SOURCES, SUBSETS
 from edgecnn import data as data_lib
 from edgecnn import evaluate as eval_lib
 from edgecnn import models
@@ -226,14 +226,14 @@ class SweepSpec:
   # EdgeCNN1's shared layers train too (an ablation of Alg. 1-2's freezing;
   # condition shared=trained). EdgeCNN0 trains every layer anyway.
   train_shared: bool = False
-  # How the N images are chosen (data.SUBSETS): "random" (the default), or
+  # How the N images are chosen (config.SUBSETS): "random" (the default), or
   # "balanced": the initialisation phase's images class-balanced, an
   # ablation recorded in the rows' condition as subset=balanced.
   subset: str = "random"
 
   def __post_init__(self):
-    if self.subset not in data_lib.SUBSETS:
-      raise ValueError(f"`subset` must be one of {list(data_lib.SUBSETS)}. "
+    if self.subset not in SUBSETS:
+      raise ValueError(f"`subset` must be one of {list(SUBSETS)}. "
                        f"Received: subset={self.subset!r}")
     if self.train_shared and False in self.models:
       raise ValueError(

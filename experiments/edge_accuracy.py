@@ -67,7 +67,7 @@ TRAIN_SHARED = flags.DEFINE_bool(
     "Needs --models=edgecnn1 (EdgeCNN0 trains every layer anyway). Use "
     "with --results_csv to keep ablations apart.")
 SUBSET = flags.DEFINE_enum(
-    "subset", "random", ["random", "balanced"],
+    "subset", "random", list(config_lib.SUBSETS),
     "How a seed's N images are chosen. 'random' (default): a seeded random "
     "permutation of the training set, whose first N are taken. 'balanced': "
     "the initialisation phase's images (the smallest N) take the classes in "
